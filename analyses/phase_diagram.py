@@ -1,0 +1,114 @@
+"""The phase diagram over (h, alpha_tilde): test error, ensemble test error eps(<f>), jammed region."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from dlphase.errors import DlphaseError
+
+
+def _select_P(cube: xr.Dataset, P: int | None) -> xr.Dataset:
+    if P is None:
+        P = int(cube["P"].max())
+    if P not in cube["P"].values:
+        raise DlphaseError(f"P = {P} is not in the cube; it holds P = {', '.join(map(str, cube['P'].values))}")
+    return cube.sel(P=P)
+
+
+def phase_diagram(cube: xr.Dataset, P: int | None = None) -> xr.Dataset:
+    """Per (h, alpha_tilde) at one P: mean and spread over seeds of the test error, the ensemble
+    test error eps(<f>) with <f> the mean over seeds of f_test, and the fraction of seeds jammed
+    (ending with N_Delta > 0). Failed runs are left out of every average."""
+    missing = [v for v in ("test_error", "n_delta") if v not in cube]
+    if missing:
+        raise DlphaseError(f"the cube has no {', '.join(missing)}; sweep with observables.names including 'errors'")
+    c = _select_P(cube, P)
+    ok = c["status"] != "failed"
+    err = c["test_error"].where(ok)
+    out = xr.Dataset({
+        "test_error": err.mean("seed").assign_attrs(long_name="test error, mean over seeds"),
+        "test_error_std": err.std("seed").assign_attrs(long_name="test error, std over seeds"),
+        "jammed_fraction": (c["n_delta"] > 0).where(ok).mean("seed").assign_attrs(
+            long_name="fraction of seeds ending with N_Delta > 0"),
+        "n_seeds": ok.sum("seed").assign_attrs(long_name="runs averaged (not failed)"),
+    })
+    if "f_test" in c and c.sizes["seed"] > 1:
+        f_mean = c["f_test"].where(ok).mean("seed")
+        y = c["y_test"]
+        out["ensemble_test_error"] = (f_mean * y <= 0).where(f_mean.notnull()).mean("test").assign_attrs(
+            long_name="ensemble test error eps(<f>), <f> = mean over seeds of f")
+    out.attrs["P"] = int(c["P"])
+    return out
+
+
+def log_edges(values) -> np.ndarray:
+    """Cell edges on a log axis: geometric midpoints, the outer cells as wide as their neighbours."""
+    v = np.sort(np.asarray(values, dtype=float))
+    if len(v) == 1:
+        return np.array([v[0] / np.sqrt(2), v[0] * np.sqrt(2)])
+    lv = np.log(v)
+    mid = (lv[1:] + lv[:-1]) / 2
+    return np.exp(np.concatenate([[2 * lv[0] - mid[0]], mid, [2 * lv[-1] - mid[-1]]]))
+
+
+def phase_diagram_plot(cube: xr.Dataset, P: int | None = None, backend: str = "bokeh"):
+    """A holoviews layout: one log-log heatmap per error measure, the jammed cells marked."""
+    import holoviews as hv
+
+    pdg = phase_diagram(cube, P).sortby(["h", "alpha_tilde"])
+    hx, ay = pdg["h"].values, pdg["alpha_tilde"].values
+    xe, ye = log_edges(hx), log_edges(ay)
+    fields = [("test_error", "test error <eps(f)>")]
+    if "ensemble_test_error" in pdg:
+        fields.append(("ensemble_test_error", "ensemble test error eps(<f>)"))
+    vmax = float(max(np.nanmax(pdg[f].values) if np.isfinite(pdg[f].values).any() else 0.5 for f, _ in fields))
+    jam = pdg["jammed_fraction"]
+    jx, jy = np.meshgrid(hx, ay, indexing="ij")
+    jammed = jam.values > 0
+    points = hv.Points((jx[jammed], jy[jammed], jam.values[jammed]), kdims=["h", "alpha_tilde"],
+                       vdims=["jammed fraction"], label="jammed (N_Delta > 0)")
+    panels = []
+    for field, title in fields:
+        z = pdg[field].transpose("alpha_tilde", "h").values
+        mesh = hv.QuadMesh((xe, ye, z), kdims=["h", "alpha_tilde"], vdims=[hv.Dimension(field, label=title)])
+        common = dict(logx=True, logy=True, colorbar=True, cmap="viridis", clim=(0, vmax),
+                      title=f"{title}, P = {pdg.attrs['P']}", xlabel="h", ylabel="alpha_tilde")
+        if backend == "bokeh":
+            mesh = mesh.opts(width=480, height=400, tools=["hover"], **common)
+            pts = points.opts(color="red", marker="x", size=12, line_width=2, show_legend=True)
+        else:
+            mesh = mesh.opts(fig_inches=5, **common)
+            pts = points.opts(color="red", marker="x", s=60, show_legend=True)
+        panels.append((mesh * pts).opts(legend_position="top_left") if jammed.any() else mesh)
+    return hv.Layout(panels).cols(2)
+
+
+def save_phase_diagram(cube: xr.Dataset, path: str | Path, P: int | None = None) -> None:
+    """Write the phase diagram as self-contained HTML (bokeh) or PNG (matplotlib), by suffix."""
+    import holoviews as hv
+
+    path = Path(path)
+    backend = "matplotlib" if path.suffix.lower() == ".png" else "bokeh"
+    _load_backend(backend)
+    layout = phase_diagram_plot(cube, P, backend=backend)
+    if backend == "bokeh":
+        from bokeh.resources import INLINE
+
+        hv.save(layout, path, backend=backend, resources=INLINE, title="dlphase phase diagram")
+    else:
+        hv.save(layout, path, backend=backend, dpi=120)
+
+
+def _load_backend(backend: str) -> None:
+    import holoviews as hv
+
+    if backend == "matplotlib":
+        import matplotlib
+
+        matplotlib.use("Agg")
+    if backend not in hv.Store.renderers:
+        hv.extension(backend, logo=False)
+    hv.Store.set_current_backend(backend)

@@ -1,0 +1,24 @@
+"""dlphase: measure the physics of training deep nets.
+
+The public API: the plugin interfaces and hooks, spec loading, a :class:`Run` for one grid point,
+and :func:`sweep` for a whole grid into an xarray cube.
+"""
+
+from .errors import DataError, DlphaseError, PluginError, SpecError
+from .hookspecs import hookimpl
+from .interfaces import (Architecture, Data, Dataset, Dynamics, Loss, Observable, RunState, TorchData,
+                         Variable)
+from .results import TrainResult
+from .specs import GRID_DIMS, Grid, RunOptions, Spec, load_spec, param
+from .manager import PluginManager, get_manager
+from .model import AlphaModel, alpha_of
+from .run import Run
+from .sweep import sweep
+from .cube import open_cube
+
+__all__ = [
+    "AlphaModel", "Architecture", "Data", "DataError", "Dataset", "DlphaseError", "Dynamics", "GRID_DIMS",
+    "Grid", "Loss", "Observable", "PluginError", "PluginManager", "Run", "RunOptions", "RunState", "Spec",
+    "SpecError", "TorchData", "TrainResult", "Variable", "alpha_of", "get_manager", "hookimpl", "load_spec",
+    "open_cube", "param", "sweep",
+]

@@ -1,0 +1,153 @@
+"""The ``dlphase`` command line: run, sweep, plugins, plot.
+
+Bad input (a spec, a path, a name) gives one line ``error: ...`` on stderr and exit status 2, with no
+traceback and no output file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import DlphaseError
+
+SET_HELP = "override a spec value, e.g. --set grid.h=100 or --set dataset.pca=5 (repeatable)"
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {' '.join(str(message).split())}", err=True)
+    sys.exit(2)
+
+
+class Group(click.Group):
+    """Turns usage errors and :class:`DlphaseError` into one line and exit status 2."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(130)
+        except click.UsageError as exc:
+            hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+            _fail(exc.format_message() + hint)
+        except click.ClickException as exc:
+            _fail(exc.format_message())
+        except DlphaseError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            sys.exit(130)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+
+
+def _spec(path: str, overrides: tuple[str, ...]):
+    from .specs import load_spec
+
+    return load_spec(path, overrides)
+
+
+def _check_suffix(path: str, allowed: tuple[str, ...]) -> None:
+    if Path(path).suffix.lower() not in allowed:
+        raise DlphaseError(f"output {path!r} must end in {' or '.join(allowed)}")
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dlphase")
+def main():
+    """dlphase: phase diagrams, jamming and lazy vs feature learning of deep nets."""
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC.toml")
+@click.option("-o", "--output", required=True, metavar="RUN.nc", help="where to write the run's cube")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+def run(spec_path, output, overrides):
+    """Train one grid point and write it as a cube with one value per grid dim."""
+    from .cube import check_writable, combine, write_atomic
+    from .run import execute
+
+    _check_suffix(output, (".nc",))
+    spec = _spec(spec_path, overrides)
+    points = spec.grid.points()
+    if len(points) != 1:
+        many = [k for k in ("h", "alpha_tilde", "P", "seed") if len(getattr(spec.grid, k)) > 1]
+        raise DlphaseError(f"grid.{many[0]} has {len(getattr(spec.grid, many[0]))} values but dlphase run trains "
+                           f"one point; pick one with --set grid.{many[0]}=VALUE, or use dlphase sweep")
+    check_writable(output, "output")
+    ds = execute(spec, points[0])
+    write_atomic(combine([ds], spec), output)
+    status = ds["status"].item()
+    summary = f"{status}: steps={int(ds['steps'])} t={float(ds['t']):.4g} wall={float(ds['wall_seconds']):.1f}s"
+    if "test_error" in ds:
+        summary += f" test_error={float(ds['test_error']):.4f} n_delta={int(ds['n_delta'])}"
+    if status == "failed":
+        summary += f" ({ds['message'].item()})"
+    click.echo(f"{summary} -> {output}")
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC.toml")
+@click.option("-o", "--output", required=True, metavar="CUBE.nc", help="the cube; finished runs go to CUBE.runs/")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="runs in parallel, each in its own process with cores/workers torch threads")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--retry-failed", is_flag=True, help="run again the points whose saved status is failed")
+@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+def sweep(spec_path, output, workers, overrides, retry_failed, quiet):
+    """Run the Cartesian product of [grid], resumably, and combine it into CUBE.nc."""
+    from .sweep import sweep as run_sweep
+
+    _check_suffix(output, (".nc",))
+    spec = _spec(spec_path, overrides)
+    cube = run_sweep(spec, output, workers=workers, retry_failed=retry_failed, progress=not quiet)
+    counts = {s: int((cube["status"] == s).sum()) for s in ("converged", "budget", "diverged", "failed")}
+    click.echo(", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" -> {output}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def plugins(as_json):
+    """List every installed plugin by kind, with its origin package and parameters."""
+    from .manager import get_manager
+
+    described = get_manager().describe()
+    if as_json:
+        click.echo(json.dumps(described, indent=2, default=repr))
+        return
+    kind = None
+    for item in described:
+        if item["kind"] != kind:
+            kind = item["kind"]
+            click.echo(f"\n{kind}:")
+        click.echo(f"  {item['name']:<18} [{item['origin']}] {item['description']}")
+        for p in item["parameters"]:
+            default = json.dumps(p["default"], default=repr)
+            click.echo(f"      {p['name']} ({p['type']}, default {default}): {p['doc']}")
+
+
+@main.group(cls=click.Group)
+def plot():
+    """Draw a figure from a cube (HTML with bokeh, PNG with matplotlib)."""
+
+
+@plot.command("phase-diagram")
+@click.argument("cube_path", metavar="CUBE.nc")
+@click.option("-o", "--output", required=True, metavar="FILE.html|FILE.png")
+@click.option("--P", "P", type=int, default=None, help="which P to draw (default: the largest in the cube)")
+def plot_phase_diagram(cube_path, output, P):
+    """Test error over (h, alpha_tilde), its ensemble version, and the jammed region."""
+    from .cube import check_writable, open_cube
+    from dlphase.analyses.phase_diagram import save_phase_diagram
+
+    _check_suffix(output, (".html", ".png"))
+    check_writable(output, "plot")
+    cube = open_cube(cube_path)
+    save_phase_diagram(cube, output, P=P)
+    click.echo(f"phase diagram -> {output}")

@@ -1,0 +1,159 @@
+"""The result cube: every run of a sweep on the dims (h, alpha_tilde, P, seed) plus each observable's own.
+
+Coordinates carry long_name and units; the spec (as TOML), the software versions and the git commit
+are attributes. Numeric variables are float64 with NaN where a run has no value (a failed run);
+strings are "" there and booleans False. A variable whose attribute ``over`` names a subset of the grid
+dims (``y_test`` depends on P only) is stored on those dims alone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import xarray as xr
+
+from .specs import GRID_DIMS, Spec
+
+COORD_ATTRS = {
+    "h": {"long_name": "width h (hidden units or channels per layer)", "units": "1"},
+    "alpha_tilde": {"long_name": "rescaled output scale alpha_tilde = sqrt(h) alpha", "units": "1"},
+    "P": {"long_name": "number of training points P", "units": "1"},
+    "seed": {"long_name": "initialisation seed", "units": "1"},
+}
+
+
+def provenance() -> dict[str, str]:
+    """Software versions and the git commit of dlphase's source, for the cube's attributes."""
+    import importlib.metadata
+
+    import torch
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "numpy": np.__version__, "xarray": xr.__version__}
+    try:
+        versions["dlphase"] = importlib.metadata.version("dlphase")
+    except importlib.metadata.PackageNotFoundError:
+        versions["dlphase"] = "unknown"
+    out = {f"version_{k}": v for k, v in versions.items()}
+    out["git_commit"] = git_commit()
+    out["platform"] = platform.platform()
+    return out
+
+
+def git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        proc = subprocess.run(["git", "-C", str(here), "rev-parse", "--verify", "-q", "HEAD"],
+                              capture_output=True, text=True, timeout=5)
+        commit = proc.stdout.strip() if proc.returncode == 0 else ""
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
+
+
+def _fill_for(values: list[np.ndarray]) -> tuple[np.dtype, Any]:
+    kinds = {v.dtype.kind for v in values}
+    if kinds <= {"U", "S", "O"}:
+        return np.dtype(object), ""
+    if kinds == {"b"}:
+        return np.dtype(bool), False
+    return np.dtype(np.float64), np.nan
+
+
+def combine(runs: Iterable[xr.Dataset], spec: Spec) -> xr.Dataset:
+    """Stack per-run Datasets into the cube over the spec's grid (in the spec's order)."""
+    grid = {k: list(getattr(spec.grid, k)) for k in GRID_DIMS}
+    index = {k: {v: i for i, v in enumerate(vals)} for k, vals in grid.items()}
+    shape = tuple(len(grid[k]) for k in GRID_DIMS)
+    collected: dict[str, list[tuple[tuple[int, ...], np.ndarray]]] = {}
+    meta: dict[str, tuple[tuple[str, ...], dict]] = {}
+    run_ids = np.full(shape, "", dtype=object)
+    data_attrs: dict[str, str] = {}
+    for ds in runs:
+        pos = tuple(index[k][ds[k].item()] for k in GRID_DIMS)
+        run_ids[pos] = ds.attrs.get("run_id", "")
+        data_attrs.update({k: v for k, v in ds.attrs.items() if k.startswith("data_")})
+        for name, var in ds.data_vars.items():
+            if name in meta and meta[name][0] != var.dims:
+                raise ValueError(f"variable {name!r} has dims {var.dims} in one run and {meta[name][0]} in another")
+            meta.setdefault(name, (var.dims, dict(var.attrs)))
+            collected.setdefault(name, []).append((pos, var.values))
+    variables = {"run_id": xr.Variable(GRID_DIMS, run_ids, {"long_name": "stable id of the run (hash of its spec)"})}
+    for name, items in collected.items():
+        own_dims, attrs = meta[name]
+        sizes = {v.shape for _, v in items}
+        if len(sizes) != 1:
+            raise ValueError(f"variable {name!r} has different shapes across runs: {sorted(sizes)}")
+        own_shape = sizes.pop()
+        dtype, fill = _fill_for([v for _, v in items])
+        keep = tuple(attrs["over"].split()) if "over" in attrs else GRID_DIMS
+        axes = [GRID_DIMS.index(d) for d in keep]
+        full = np.full(tuple(shape[a] for a in axes) + own_shape, fill, dtype=dtype)
+        filled = np.zeros(full.shape[:len(axes)], dtype=bool)
+        for pos, v in items:
+            key = tuple(pos[a] for a in axes)
+            if filled[key] and not np.array_equal(full[key], v, equal_nan=dtype.kind == "f"):
+                raise ValueError(f"variable {name!r} should depend only on {keep} but differs across runs")
+            full[key], filled[key] = v, True
+        variables[name] = xr.Variable(keep + own_dims, full, attrs)
+    coords = {k: xr.Variable(k, np.asarray(grid[k]), COORD_ATTRS[k]) for k in GRID_DIMS}
+    cube = xr.Dataset(variables, coords=coords)
+    cube.attrs.update({"title": "dlphase result cube", "spec_toml": spec.to_toml(),
+                       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                       **provenance(), **data_attrs})
+    return cube
+
+
+def write_atomic(ds: xr.Dataset, path: str | os.PathLike) -> None:
+    """Write netCDF4 to a temporary file in the same folder, then rename: never a partial file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def open_cube(path: str | os.PathLike) -> xr.Dataset:
+    """Load a cube (or run file) fully into memory and close the file."""
+    from .errors import DlphaseError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DlphaseError(f"cube {str(path)!r} does not exist; give the .nc written by dlphase sweep or run")
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            return ds.load()
+    except (OSError, ValueError) as exc:
+        raise DlphaseError(f"cannot read {str(path)!r} as netCDF ({exc}); give a cube written by dlphase") from None
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+    """Fail early, with a one-line error, if ``path`` cannot be written."""
+    from .errors import DlphaseError
+
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise DlphaseError(f"{what} {str(path)!r} is a folder; give a file name such as {path / 'out.nc'}")
+    if not parent.is_dir():
+        raise DlphaseError(f"cannot write {what} {str(path)!r}: folder {str(parent)!r} does not exist; create it first")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".dlphase-write-test.", dir=parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise DlphaseError(f"cannot write {what} {str(path)!r}: {exc.strerror}; choose another path") from None
+    return path

@@ -1,0 +1,158 @@
+"""The five kinds of plugin, as documented abstract interfaces.
+
+Every implementation is a frozen, keyword-only attrs class whose fields are its parameters (what
+the spec writes beside ``name``), and whose ``name`` class attribute is the name the spec uses.
+The instance *is* the validated spec of that component, so it is hashable and picklable.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+import attrs
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .model import AlphaModel
+    from .results import TrainResult
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class Data:
+    """Arrays of one dataset at one P: inputs ``x_*`` (n, ...) and labels ``y_*`` = +-1 (n,).
+
+    ``classes_*`` keeps the original class of each point (multi-class labels) where one exists;
+    ``attrs`` holds provenance that goes into the cube's attributes (source, preprocessing).
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes_train: np.ndarray | None = None
+    classes_test: np.ndarray | None = None
+    attrs: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self):
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if len(x) != len(y):
+                raise ValueError(f"x_{split} has {len(x)} points but y_{split} has {len(y)}")
+            if not np.all(np.abs(y) == 1):
+                raise ValueError(f"y_{split} must hold only +1 and -1")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def tensors(self, dtype: "torch.dtype", device: "torch.device | str") -> "TorchData":
+        """The same arrays as torch tensors of ``dtype`` on ``device``."""
+        import torch
+
+        def t(a):
+            return torch.as_tensor(np.asarray(a), dtype=dtype, device=device)
+
+        return TorchData(x_train=t(self.x_train), y_train=t(self.y_train),
+                         x_test=t(self.x_test), y_test=t(self.y_test))
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class TorchData:
+    """:class:`Data` as tensors on the run's device and dtype."""
+
+    x_train: "torch.Tensor"
+    y_train: "torch.Tensor"
+    x_test: "torch.Tensor"
+    y_test: "torch.Tensor"
+
+
+class Component(abc.ABC):
+    """Common base: ``name`` is the spec name; the attrs fields are the parameters."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]
+
+
+class Dataset(Component):
+    """Serves training and test points with +-1 labels, deterministically given its parameters."""
+
+    kind = "dataset"
+
+    @abc.abstractmethod
+    def load(self, P: int) -> Data:
+        """P training points and the test set. The test set must not depend on P."""
+
+    def max_train(self) -> int | None:
+        """The largest P this dataset can serve (checked when a spec is loaded); None if unbounded."""
+        return None
+
+
+class Architecture(Component):
+    """Builds the un-rescaled net f~_theta: inputs (n, ...) -> outputs (n,)."""
+
+    kind = "architecture"
+
+    @abc.abstractmethod
+    def build(self, h: int, input_shape: tuple[int, ...], generator: "torch.Generator") -> "torch.nn.Module":
+        """A module of width ``h`` (float64, CPU) whose parameters are drawn with ``generator``."""
+
+
+class Loss(Component):
+    """A per-sample loss l(m) of the margin m = y f; the training loss is L = mean_mu l(y_mu f_mu)."""
+
+    kind = "loss"
+
+    @abc.abstractmethod
+    def __call__(self, margin: "torch.Tensor") -> "torch.Tensor":
+        """l evaluated elementwise."""
+
+
+class Dynamics(Component):
+    """A training algorithm: moves the parameters of an :class:`AlphaModel` to minimise L / alpha^2."""
+
+    kind = "dynamics"
+    loss: Loss
+
+    @abc.abstractmethod
+    def train(self, model: "AlphaModel", data: TorchData) -> "TrainResult":
+        """Train ``model`` in place on ``data``; say why and when it stopped."""
+
+
+@attrs.frozen(kw_only=True)
+class Variable:
+    """Schema of one output variable of an observable.
+
+    ``dims`` are the observable's own dims (e.g. ``("test",)``); ``over`` lists the grid dims the
+    values depend on (``None``: all of h, alpha_tilde, P, seed).
+    """
+
+    long_name: str
+    units: str = "1"
+    dims: tuple[str, ...] = ()
+    over: tuple[str, ...] | None = None
+
+
+class Observable(Component):
+    """Measures a trained run; returns named arrays that become variables of the cube."""
+
+    kind = "observable"
+    variables: ClassVar[Mapping[str, Variable]] = {}
+
+    @abc.abstractmethod
+    def measure(self, run: "RunState") -> Mapping[str, Any]:
+        """Values for (a subset of) ``variables``: scalars or arrays shaped by each one's ``dims``."""
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class RunState:
+    """What an observable sees at the end of a run."""
+
+    model: "AlphaModel"
+    data: Data
+    tensors: TorchData
+    result: "TrainResult"
+    loss: Loss
+    point: Mapping[str, Any]

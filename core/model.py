@@ -1,0 +1,46 @@
+"""The trained predictor f(x) = alpha * (f~_theta(x) - f~_theta0(x)) of eq. (9).
+
+alpha = alpha_tilde / sqrt(h). Subtracting the frozen initial net makes f exactly 0 at
+initialisation, whatever alpha; dynamics minimise L / alpha^2 so that at large alpha the time
+scale does not depend on alpha.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+
+def alpha_of(alpha_tilde: float, h: int) -> float:
+    """alpha = alpha_tilde / sqrt(h)."""
+    return alpha_tilde / math.sqrt(h)
+
+
+class AlphaModel(torch.nn.Module):
+    """f = alpha (net - net0); ``net`` is trained, ``net0`` is a frozen copy taken at construction."""
+
+    def __init__(self, net: torch.nn.Module, alpha: float):
+        super().__init__()
+        self.net = net
+        self.net0 = copy.deepcopy(net).requires_grad_(False)
+        self.alpha = float(alpha)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            f0 = self.net0(x)
+        return self.alpha * (self.net(x) - f0)
+
+    def f_from(self, x: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
+        """f on inputs whose initial outputs ``f0 = net0(x)`` were computed once beforehand."""
+        return self.alpha * (self.net(x) - f0)
+
+    def n_params(self) -> int:
+        """N, the number of trained parameters."""
+        return sum(p.numel() for p in self.net.parameters())
+
+    def displacement(self) -> float:
+        """|theta - theta_0|, the Euclidean distance travelled in parameter space."""
+        return math.sqrt(sum(float((p - p0).pow(2).sum())
+                             for p, p0 in zip(self.net.parameters(), self.net0.parameters())))

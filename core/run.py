@@ -1,0 +1,141 @@
+"""One grid point: its data, its model f = alpha (f~ - f~0), its training, its xarray record."""
+
+from __future__ import annotations
+
+import functools
+import traceback
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import xarray as xr
+
+from .errors import DlphaseError, SpecError
+from .interfaces import Data, RunState, TorchData, Variable
+from .model import AlphaModel, alpha_of
+from .results import TrainResult
+from .specs import GRID_DIMS, Spec
+
+#: Variables every run records, whatever its observables.
+RUN_VARIABLES = {
+    "status": Variable(long_name="why the run stopped: converged, budget, diverged or failed"),
+    "message": Variable(long_name="details of the stop (error message for failed runs)"),
+    "steps": Variable(long_name="accepted steps"),
+    "rejected": Variable(long_name="rejected trial steps"),
+    "t": Variable(long_name="flow time reached", units="time"),
+    "wall_seconds": Variable(long_name="wall time of the run", units="s"),
+}
+
+
+@functools.lru_cache(maxsize=16)
+def load_data(dataset, P: int) -> Data:
+    """``dataset.load(P)``, cached per process: a sweep does not redo the preprocessing per run."""
+    return dataset.load(P)
+
+
+class Run:
+    """One point (h, alpha_tilde, P, seed) of a spec's grid.
+
+    ``run.data`` and ``run.tensors`` hold its data, ``run.model`` the predictor as a torch module,
+    ``run.train()`` trains it and returns the point's xarray Dataset.
+    """
+
+    def __init__(self, spec: Spec, **point: Any):
+        if not point:
+            if len(spec.grid.points()) != 1:
+                raise SpecError("this spec's grid has several points; name one, e.g. "
+                                "Run(spec, h=100, alpha_tilde=1e3, P=1000, seed=0)")
+            point = spec.grid.points()[0]
+        missing = [k for k in GRID_DIMS if k not in point and not (k == "seed")]
+        unknown = [k for k in point if k not in GRID_DIMS]
+        if missing or unknown:
+            raise SpecError(f"a run point needs h, alpha_tilde, P (and seed); got {sorted(point)}")
+        point = {"seed": 0, **point}
+        self.spec = spec.with_point(**point)  # validates the point like a grid
+        self.point = {k: self.spec.grid.points()[0][k] for k in GRID_DIMS}
+        self.dtype = getattr(torch, spec.run.dtype)
+        self.device = torch.device(spec.run.device)
+        self.id = spec.run_id(self.point)
+        self.result: TrainResult | None = None
+
+    @property
+    def alpha(self) -> float:
+        return alpha_of(self.point["alpha_tilde"], self.point["h"])
+
+    @functools.cached_property
+    def data(self) -> Data:
+        return load_data(self.spec.dataset, self.point["P"])
+
+    @functools.cached_property
+    def tensors(self) -> TorchData:
+        return self.data.tensors(self.dtype, self.device)
+
+    @functools.cached_property
+    def model(self) -> AlphaModel:
+        """f = alpha (f~_theta - f~_theta0); weights drawn on the CPU in float64 from the seed, then moved."""
+        generator = torch.Generator().manual_seed(int(self.point["seed"]))
+        net = self.spec.architecture.build(self.point["h"], self.data.input_shape, generator)
+        return AlphaModel(net, self.alpha).to(dtype=self.dtype, device=self.device)
+
+    def train(self) -> xr.Dataset:
+        """Train with the spec's dynamics and measure every observable; the point's Dataset."""
+        self.result = self.spec.dynamics.train(self.model, self.tensors)
+        return self.record()
+
+    def record(self) -> xr.Dataset:
+        """The point's Dataset from the current model and ``self.result``."""
+        state = RunState(model=self.model, data=self.data, tensors=self.tensors, result=self.result,
+                         loss=self.spec.dynamics.loss, point=self.point)
+        values: dict[str, Any] = {}
+        schema: dict[str, Variable] = {}
+        for obs in self.spec.observables:
+            measured = obs.measure(state)
+            for key, value in measured.items():
+                if key not in obs.variables:
+                    raise RuntimeError(f"observable {obs.name!r} returned {key!r}, which it does not declare")
+                if key in values:
+                    raise RuntimeError(f"two observables produce the variable {key!r}")
+                values[key] = value
+                schema[key] = obs.variables[key]
+        return point_dataset(self.point, self.id, self.result, values, schema, self.data.attrs)
+
+
+def point_dataset(point: Mapping[str, Any], run_id: str, result: TrainResult,
+                  values: Mapping[str, Any], schema: Mapping[str, Variable],
+                  data_attrs: Mapping[str, Any] | None = None) -> xr.Dataset:
+    """Assemble one run's variables (no grid dims; grid values as scalar coordinates)."""
+    run_values = {"status": result.status, "message": result.message, "steps": result.steps,
+                  "rejected": result.rejected, "t": result.t, "wall_seconds": result.wall_seconds}
+    variables = {}
+    for key, value in {**run_values, **values}.items():
+        var = RUN_VARIABLES.get(key) or schema[key]
+        arr = np.asarray(value)
+        if arr.ndim != len(var.dims):
+            raise RuntimeError(f"variable {key!r} has {arr.ndim} dims, its schema says {var.dims}")
+        attrs = {"long_name": var.long_name, "units": var.units}
+        if var.over is not None:
+            attrs["over"] = " ".join(var.over)
+        variables[key] = xr.Variable(var.dims, arr, attrs)
+    ds = xr.Dataset(variables, coords={k: point[k] for k in GRID_DIMS})
+    ds.attrs["run_id"] = run_id
+    for key, value in (data_attrs or {}).items():
+        ds.attrs[f"data_{key}"] = str(value)
+    return ds
+
+
+def execute(spec: Spec, point: Mapping[str, Any]) -> xr.Dataset:
+    """Train one point; never raises for the run's own failure: it is recorded as status ``failed``."""
+    run = Run(spec, **point)
+    try:
+        return run.train()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        if isinstance(exc, DlphaseError):
+            message = str(exc)
+        else:
+            tb = traceback.extract_tb(exc.__traceback__)[-1]
+            message = f"{type(exc).__name__}: {exc} (at {tb.filename}:{tb.lineno})"
+        result = run.result or TrainResult(status="failed")
+        result.status, result.message = "failed", message
+        return point_dataset(run.point, run.id, result, {}, {})

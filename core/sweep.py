@@ -1,0 +1,126 @@
+"""The sweep engine: every grid point as a run, resumable, through a concurrent.futures executor.
+
+Each finished run is written atomically to ``<cube>.runs/<run_id>.nc``; running the same sweep again
+skips those, so a kill -9 loses only the runs in flight. At the end the runs are combined into the
+cube. Any ``concurrent.futures.Executor`` works (a dask.distributed client's executor, say); by
+default the runs execute in this process, or in a process pool with ``workers > 1``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import xarray as xr
+
+from .cube import check_writable, combine, open_cube, write_atomic
+from .errors import DlphaseError
+from .run import execute
+from .specs import Spec
+
+
+class InlineExecutor(cf.Executor):
+    """Runs each task in this process when it is submitted (the default with one worker)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future: cf.Future = cf.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            future.set_exception(exc)
+        return future
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def process_executor(workers: int) -> cf.Executor:
+    """A spawn-based process pool whose workers split the cores between them (torch threads)."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_init_worker, initargs=(threads,))
+
+
+def runs_dir_for(out: str | os.PathLike) -> Path:
+    """Where a cube's finished runs live: ``CUBE.nc`` -> ``CUBE.runs/``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".runs")
+
+
+def sweep(spec: Spec, out: str | os.PathLike, *, workers: int = 1, executor: cf.Executor | None = None,
+          retry_failed: bool = False, progress: bool = True,
+          on_run: Callable[[Mapping[str, Any], xr.Dataset], None] | None = None) -> xr.Dataset:
+    """Run every point of ``spec.grid`` not already finished, then write and return the cube at ``out``."""
+    if workers < 1:
+        raise DlphaseError(f"workers = {workers} must be at least 1")
+    out = check_writable(out, "cube")
+    runs_dir = runs_dir_for(out)
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise DlphaseError(f"{str(runs_dir)!r} exists and is not a folder; move it away, it is where runs are kept")
+    points = spec.grid.points()
+    ids = [spec.run_id(p) for p in points]
+    runs_dir.mkdir(exist_ok=True)
+    (runs_dir / "spec.toml").write_text(spec.to_toml())
+
+    def path_of(run_id: str) -> Path:
+        return runs_dir / f"{run_id}.nc"
+
+    todo = []
+    for point, run_id in zip(points, ids):
+        path = path_of(run_id)
+        if path.exists():
+            if not retry_failed or open_cube(path)["status"].item() != "failed":
+                continue
+        todo.append((point, run_id))
+
+    bar = _progress(total=len(points), initial=len(points) - len(todo), enabled=progress)
+    own_executor = executor is None
+    if own_executor:
+        executor = InlineExecutor() if workers == 1 else process_executor(workers)
+    try:
+        pending: dict[cf.Future, tuple[dict, str]] = {}
+        queue = list(todo)
+        limit = max(2 * workers, 2)
+        while queue or pending:
+            while queue and len(pending) < limit:
+                point, run_id = queue.pop(0)
+                pending[executor.submit(execute, spec, point)] = (point, run_id)
+            done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                point, run_id = pending.pop(future)
+                ds = future.result()
+                write_atomic(ds, path_of(run_id))
+                bar.set_postfix_str(f"last: h={point['h']} at={point['alpha_tilde']:g} {ds['status'].item()}")
+                bar.update(1)
+                if on_run is not None:
+                    on_run(point, ds)
+    except KeyboardInterrupt:
+        bar.close()
+        n_done = sum(path_of(i).exists() for i in ids)
+        print(f"interrupted: {n_done} of {len(ids)} runs are saved in {runs_dir}; run the same command "
+              f"again to resume", file=sys.stderr)
+        raise
+    finally:
+        if own_executor:
+            executor.shutdown(wait=False, cancel_futures=True)
+        bar.close()
+
+    cube = combine((open_cube(path_of(i)) for i in ids), spec)
+    write_atomic(cube, out)
+    return cube
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="run", desc="sweep", disable=not enabled,
+                dynamic_ncols=True, file=sys.stderr)

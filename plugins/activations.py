@@ -1,0 +1,26 @@
+"""Activation functions sigma of the nets, by name.
+
+``swish`` is the reference's: z * sigmoid(10 z) rescaled so that E[sigma(z)^2] = 1 for z ~ N(0, 1).
+``relu`` is plain max(0, z), not rescaled, so that textbook infinite-width formulas apply as they stand.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SWISH_BETA = 10.0
+#: E[(z sigmoid(10 z))^2] for z ~ N(0,1), by adaptive quadrature (checked in the tests).
+SWISH_SECOND_MOMENT = 0.49877173107472017
+SWISH_SCALE = SWISH_SECOND_MOMENT ** -0.5
+
+
+def swish(z: torch.Tensor) -> torch.Tensor:
+    """Normalised swish: z sigmoid(10 z) / sqrt(E[(z sigmoid(10 z))^2])."""
+    return SWISH_SCALE * z * torch.sigmoid(SWISH_BETA * z)
+
+
+ACTIVATIONS = {
+    "swish": swish,
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+}
