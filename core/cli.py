@@ -151,3 +151,7 @@ def plot_phase_diagram(cube_path, output, P):
     cube = open_cube(cube_path)
     save_phase_diagram(cube, output, P=P)
     click.echo(f"phase diagram -> {output}")
+
+
+if __name__ == "__main__":  # python -m dlphase.cli
+    main()

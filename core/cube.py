@@ -103,7 +103,7 @@ def combine(runs: Iterable[xr.Dataset], spec: Spec) -> xr.Dataset:
             key = tuple(pos[a] for a in axes)
             if filled[key] and not np.array_equal(full[key], v, equal_nan=dtype.kind == "f"):
                 raise ValueError(f"variable {name!r} should depend only on {keep} but differs across runs")
-            full[key], filled[key] = v, True
+            full[key], filled[key] = (v.item() if v.ndim == 0 else v), True
         variables[name] = xr.Variable(keep + own_dims, full, attrs)
     coords = {k: xr.Variable(k, np.asarray(grid[k]), COORD_ATTRS[k]) for k in GRID_DIMS}
     cube = xr.Dataset(variables, coords=coords)

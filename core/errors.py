@@ -19,5 +19,5 @@ class DataError(DlphaseError):
     """A dataset cannot be loaded or cannot serve the requested points."""
 
 
-class PluginError(DlphaseError):
+class PluginError(SpecError):
     """A plugin name is unknown or a plugin is inconsistent with its registry entry."""

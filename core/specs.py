@@ -250,7 +250,9 @@ def build_attrs(cls: type, table: Mapping[str, Any], path: str, manager: PluginM
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        raise SpecError(f"{path}: {exc}") from None
+        msg = str(exc)
+        # validators start their message with the field's name: report it as the key's path
+        raise SpecError(f"{path}.{msg}" if msg.split(" ")[0] in fields else f"{path}: {msg}") from None
 
 
 def build_spec(raw: Mapping[str, Any], manager: PluginManager | None = None) -> Spec:
@@ -329,6 +331,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         parts, value = parse_override(text)
         node = raw
         for i, part in enumerate(parts[:-1]):
+            if isinstance(node.get(part), str):  # a plugin given by name: loss = "hinge"
+                node[part] = {"name": node[part]}
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise SpecError(f"--set {text!r}: {'.'.join(parts[:i + 1])} is not a table")

@@ -3,9 +3,10 @@
 From the current output ``out`` (f on the training set) and gradient ``g``, try
 theta <- theta - dt g and recompute out', g'. Accept if dgrad = |g' - g|^2 / (|g| |g'|) < max_dgrad
 and dout = max_mu |out'_mu - out_mu| < max_dout (f itself may move by at most max_dout). On
-acceptance dt *= 1.1 when both are below half their limits; on rejection theta is restored and
-dt /= 10. Time convention: t is the time of the flow of L / alpha^2 with f = alpha (f~ - f~0), f~'s last
-layer divided by sqrt(h) and alpha = alpha_tilde / sqrt(h) (SCIENCE.md section 1).
+acceptance dt *= grow (1.1) when both are below half their limits; on rejection theta is restored
+and dt /= shrink (10). Every accepted step meets both limits whatever grow and shrink are.
+Time convention: t is the time of the flow of L / alpha^2 with f = alpha (f~ - f~0), f~'s last layer
+divided by sqrt(h) and alpha = alpha_tilde / sqrt(h) (SCIENCE.md section 1).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class GradientFlow(Dynamics):
     max_dout: float = param(default=0.1, doc="accept a step only if no f(x_mu) moves by max_dout or more",
                             validator=positive)
     dt: float = param(default=1.0, doc="initial time step", validator=positive)
+    grow: float = param(default=1.1, doc="dt *= grow after an easy step (both criteria below half their limits)",
+                        validator=positive)
+    shrink: float = param(default=10.0, doc="dt /= shrink after a rejected step", validator=positive)
     min_dt: float = param(default=1e-30, doc="stop as stalled (status budget) when dt falls below this",
                           validator=non_negative)
 
@@ -97,12 +101,12 @@ class GradientFlow(Dynamics):
                 with torch.no_grad():
                     torch._foreach_copy_(saved, params)
                 if dgrad < 0.5 * self.max_dgrad and dout < 0.5 * self.max_dout:
-                    dt *= 1.1
+                    dt *= self.grow
             else:
                 rejected += 1
                 with torch.no_grad():
                     torch._foreach_copy_(params, saved)
-                dt /= 10
+                dt /= self.shrink
 
 
 @dlphase.hookimpl

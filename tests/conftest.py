@@ -1,0 +1,70 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+
+
+@pytest.fixture
+def manager():
+    """A fresh plugin manager with the built-ins and the fake third-party plugin of fakeplugin.py."""
+    import dlphase
+    from tests import fakeplugin
+
+    m = dlphase.PluginManager()
+    m.register(fakeplugin, origin="dlphase-fake")
+    return m
+
+
+def run_cli(*args, cwd=None, timeout=300):
+    """Run the installed ``dlphase`` console script in a subprocess; returns CompletedProcess."""
+    exe = Path(sys.executable).with_name("dlphase")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "dlphase.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=env)
+
+
+def write(path, text):
+    path = Path(path)
+    path.write_text(text)
+    return path
+
+
+TINY_SPEC = """
+[dataset]
+name = "mnist"
+pca = 5
+n_test = 200
+
+[architecture]
+name = "fc"
+depth = 2
+activation = "swish"
+
+[dynamics]
+name = "gradient_flow"
+loss = "soft_hinge"
+max_steps = 400
+
+[observables]
+names = ["errors"]
+
+[grid]
+h = [4, 16]
+alpha_tilde = [1.0, 100.0]
+P = [100]
+seed = [0, 1]
+"""
+
+
+@pytest.fixture
+def tiny_spec(tmp_path):
+    return write(tmp_path / "tiny.toml", TINY_SPEC)

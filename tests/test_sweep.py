@@ -1,0 +1,156 @@
+"""The sweep engine: cube schema, resumption after SIGKILL, failures recorded, workers."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+from typing import ClassVar
+
+import attrs
+import numpy as np
+import pytest
+import xarray as xr
+
+import dlphase
+from dlphase.specs import build_spec, load_spec
+from dlphase.sweep import runs_dir_for
+from tests.conftest import run_cli
+
+DATA_VARS_NOT_TIMED = None
+
+
+def assert_same_results(a: xr.Dataset, b: xr.Dataset):
+    """Equal in everything but the wall time (and the creation stamp)."""
+    a, b = a.drop_vars("wall_seconds"), b.drop_vars("wall_seconds")
+    xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+    for key in ("spec_toml", "git_commit", "version_torch"):
+        assert a.attrs[key] == b.attrs[key]
+
+
+def test_cube_schema(tiny_spec, tmp_path):
+    spec = load_spec(tiny_spec)
+    cube = dlphase.sweep(spec, tmp_path / "cube.nc", progress=False)
+    disk = dlphase.open_cube(tmp_path / "cube.nc")
+    assert_same_results(cube, disk)
+    assert dict(disk.sizes) == {"h": 2, "alpha_tilde": 2, "P": 1, "seed": 2, "test": 200}
+    for dim in ("h", "alpha_tilde", "P", "seed"):
+        assert disk[dim].attrs["long_name"] and disk[dim].attrs["units"] == "1"
+    assert disk["test_error"].dims == ("h", "alpha_tilde", "P", "seed")
+    assert disk["f_test"].dims == ("h", "alpha_tilde", "P", "seed", "test")
+    assert disk["y_test"].dims == ("P", "test")
+    assert disk["n_params"].dims == ("h",)
+    np.testing.assert_array_equal(disk["n_params"].values, [5 * 4 + 16 + 4, 5 * 16 + 256 + 16])
+    assert build_spec(__import__("tomllib").loads(disk.attrs["spec_toml"])) == spec
+    assert disk.attrs["version_torch"] and disk.attrs["git_commit"]
+    assert set(np.unique(disk["status"].values)) <= {"converged", "budget"}
+    # errors are consistent with the stored outputs
+    err = (disk["f_test"] * disk["y_test"] <= 0).mean("test")
+    np.testing.assert_allclose(err.values, disk["test_error"].values)
+    np.testing.assert_allclose(np.sqrt((disk["f_test"] ** 2).mean("test")).values, disk["f_norm"].values)
+    # every run is in the runs folder under its id
+    runs = runs_dir_for(tmp_path / "cube.nc")
+    assert {p.stem for p in runs.glob("*.nc")} == set(disk["run_id"].values.ravel())
+    # a second sweep does nothing and gives the same cube
+    t0 = time.perf_counter()
+    again = dlphase.sweep(spec, tmp_path / "cube.nc", progress=False)
+    assert_same_results(cube, again)
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tiny_spec, tmp_path):
+    full = run_cli("sweep", tiny_spec, "-o", tmp_path / "full.nc", "-q")
+    assert full.returncode == 0, full.stderr
+    out = tmp_path / "killed.nc"
+    runs = runs_dir_for(out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    exe = Path(sys.executable).with_name("dlphase")
+    proc = subprocess.Popen([str(exe), "sweep", str(tiny_spec), "-o", str(out), "-q"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(runs.glob("*.nc"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_saved = len(list(runs.glob("*.nc")))
+    assert 3 <= n_saved < 8, "the kill must land mid-sweep"
+    assert not out.exists()
+    resumed = run_cli("sweep", tiny_spec, "-o", out, "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_results(dlphase.open_cube(out), dlphase.open_cube(tmp_path / "full.nc"))
+
+
+class Exploding(dlphase.Architecture):
+    pass
+
+
+@attrs.frozen(kw_only=True)
+class ExplodingFC(dlphase.Architecture):
+    """An fc net that raises during training for h = 5."""
+
+    name: ClassVar[str] = "exploding"
+
+    def build(self, h, input_shape, generator):
+        from dlphase.plugins.fc import FC
+
+        net = FC().build(h, input_shape, generator)
+        if h == 5:
+            def forward(x):
+                raise FloatingPointError("exploded on purpose")
+            net.forward = forward
+        return net
+
+
+def test_a_failing_run_is_recorded_and_the_sweep_goes_on(manager, tmp_path):
+    mod = types.ModuleType("explodingplugin")
+
+    @dlphase.hookimpl
+    def register_architectures(register):
+        register(ExplodingFC)
+
+    mod.register_architectures = register_architectures
+    manager.register(mod)
+    spec = build_spec({"dataset": {"name": "blobs"}, "architecture": {"name": "exploding"},
+                       "dynamics": {"max_steps": 200},
+                       "grid": {"h": [3, 5], "alpha_tilde": [1.0], "P": [30]}}, manager)
+    cube = dlphase.sweep(spec, tmp_path / "c.nc", progress=False)
+    bad = cube.sel(h=5).isel(alpha_tilde=0, P=0, seed=0)
+    good = cube.sel(h=3).isel(alpha_tilde=0, P=0, seed=0)
+    assert bad["status"].item() == "failed"
+    assert "FloatingPointError: exploded on purpose" in bad["message"].item()
+    assert np.isnan(bad["test_error"].item()) and not bad["converged"].item()
+    assert good["status"].item() in ("converged", "budget") and np.isfinite(good["test_error"].item())
+    # failed runs are kept, and run again only on request
+    assert dlphase.sweep(spec, tmp_path / "c.nc", progress=False)["status"].sel(h=5).item() == "failed"
+
+
+def test_process_workers_give_the_same_cube(tiny_spec, tmp_path):
+    spec = load_spec(tiny_spec, ["grid.h=[4]"])
+    one = dlphase.sweep(spec, tmp_path / "one.nc", progress=False)
+    two = dlphase.sweep(spec, tmp_path / "two.nc", workers=2, progress=False)
+    assert_same_results(one, two)
+
+
+def test_run_api(tiny_spec):
+    spec = load_spec(tiny_spec)
+    with pytest.raises(dlphase.SpecError, match="several points"):
+        dlphase.Run(spec)
+    run = dlphase.Run(spec, h=4, alpha_tilde=100.0, P=100, seed=1)
+    assert run.alpha == pytest.approx(50.0)
+    assert run.tensors.x_train.shape == (100, 5)
+    import torch
+
+    assert torch.equal(run.model(run.tensors.x_test), torch.zeros(200, dtype=torch.float64))
+    ds = run.train()
+    assert ds["status"].item() in ("converged", "budget") and ds.attrs["run_id"] == spec.run_id(run.point)
+    assert float(ds["t"]) > 0
+
+
+def test_cli_run_one_point(tiny_spec, tmp_path):
+    res = run_cli("run", tiny_spec, "-o", tmp_path / "r.nc", "--set", "grid.h=[16]", "--set", "grid.alpha_tilde=100.0",
+                  "--set", "grid.seed=0")
+    assert res.returncode == 0, res.stderr
+    assert "-> " in res.stdout and "test_error=" in res.stdout
+    ds = dlphase.open_cube(tmp_path / "r.nc")
+    assert dict(ds.sizes)["h"] == 1 and ds["h"].item() == 16
