@@ -81,7 +81,7 @@ def phase_diagram_plot(cube: xr.Dataset, P: int | None = None, backend: str = "b
             pts = points.opts(color="red", marker="x", size=12, line_width=2, show_legend=True)
         else:
             mesh = mesh.opts(fig_inches=5, **common)
-            pts = points.opts(color="red", marker="x", s=60, show_legend=True)
+            pts = points.opts(color="red", marker="X", s=60, show_legend=True)
         panels.append((mesh * pts).opts(legend_position="top_left") if jammed.any() else mesh)
     return hv.Layout(panels).cols(2)
 

@@ -81,6 +81,8 @@ def sweep(spec: Spec, out: str | os.PathLike, *, workers: int = 1, executor: cf.
             if not retry_failed or open_cube(path)["status"].item() != "failed":
                 continue
         todo.append((point, run_id))
+    # widest nets first: they cost the most, so the workers finish together rather than on a long tail
+    todo.sort(key=lambda item: (-item[0]["h"], -item[0]["P"]))
 
     bar = _progress(total=len(points), initial=len(points) - len(todo), enabled=progress)
     own_executor = executor is None

@@ -61,7 +61,7 @@ class GradientFlow(Dynamics):
             return out.detach(), [g.detach() for g in grads]
 
         def sqnorm(ts):
-            return sum(float(t.pow(2).sum()) for t in ts)
+            return float(torch.stack(torch._foreach_norm(ts)).square().sum())
 
         out, grad = evaluate()
         gnorm = math.sqrt(sqnorm(grad))
@@ -92,7 +92,7 @@ class GradientFlow(Dynamics):
                 torch._foreach_add_(params, grad, alpha=-dt)
             new_out, new_grad = evaluate()
             new_gnorm = math.sqrt(sqnorm(new_grad))
-            dgrad = sqnorm([a - b for a, b in zip(new_grad, grad)]) / (gnorm * new_gnorm) if new_gnorm > 0 else 0.0
+            dgrad = sqnorm(torch._foreach_sub(new_grad, grad)) / (gnorm * new_gnorm) if new_gnorm > 0 else 0.0
             dout = float((new_out - out).abs().max())
             if dgrad < self.max_dgrad and dout < self.max_dout:  # NaN compares False: rejected
                 steps += 1
