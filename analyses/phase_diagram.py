@@ -75,15 +75,16 @@ def phase_diagram_plot(cube: xr.Dataset, P: int | None = None, backend: str = "b
         z = pdg[field].transpose("alpha_tilde", "h").values
         mesh = hv.QuadMesh((xe, ye, z), kdims=["h", "alpha_tilde"], vdims=[hv.Dimension(field, label=title)])
         common = dict(logx=True, logy=True, colorbar=True, cmap="viridis", clim=(0, vmax),
-                      title=f"{title}, P = {pdg.attrs['P']}", xlabel="h", ylabel="alpha_tilde")
+                      title=f"{title}, P = {pdg.attrs['P']}" + (" (x: jammed)" if jammed.any() else ""), xlabel="h", ylabel="alpha_tilde")
         if backend == "bokeh":
             mesh = mesh.opts(width=480, height=400, tools=["hover"], **common)
-            pts = points.opts(color="red", marker="x", size=12, line_width=2, show_legend=True)
+            pts = points.opts(color="red", marker="x", size=12, line_width=2, show_legend=False)
         else:
             mesh = mesh.opts(fig_inches=5, **common)
-            pts = points.opts(color="red", marker="X", s=60, show_legend=True)
-        panels.append((mesh * pts).opts(legend_position="top_left") if jammed.any() else mesh)
-    return hv.Layout(panels).cols(2)
+            pts = points.opts(color="red", marker="X", s=60, show_legend=False)
+        panels.append(mesh * pts if jammed.any() else mesh)
+    layout = hv.Layout(panels).cols(2)
+    return layout.opts(hspace=0.9, sublabel_format="") if backend == "matplotlib" else layout
 
 
 def save_phase_diagram(cube: xr.Dataset, path: str | Path, P: int | None = None) -> None:

@@ -34,6 +34,9 @@ class Group(click.Group):
         except click.exceptions.Abort:
             click.echo("aborted", err=True)
             sys.exit(130)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            commands = ", ".join(getattr(exc.ctx.command, "commands", {})) if exc.ctx else ""
+            _fail(f"`{exc.ctx.command_path}` needs a command: {commands} (see `{exc.ctx.command_path} --help`)")
         except click.UsageError as exc:
             hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
             _fail(exc.format_message() + hint)

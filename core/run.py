@@ -46,11 +46,9 @@ class Run:
                 raise SpecError("this spec's grid has several points; name one, e.g. "
                                 "Run(spec, h=100, alpha_tilde=1e3, P=1000, seed=0)")
             point = spec.grid.points()[0]
-        missing = [k for k in GRID_DIMS if k not in point and not (k == "seed")]
-        unknown = [k for k in point if k not in GRID_DIMS]
-        if missing or unknown:
-            raise SpecError(f"a run point needs h, alpha_tilde, P (and seed); got {sorted(point)}")
         point = {"seed": 0, **point}
+        if set(point) != set(GRID_DIMS):
+            raise SpecError(f"a run point needs h, alpha_tilde, P (and seed, default 0); got {sorted(point)}")
         self.spec = spec.with_point(**point)  # validates the point like a grid
         self.point = {k: self.spec.grid.points()[0][k] for k in GRID_DIMS}
         self.dtype = getattr(torch, spec.run.dtype)

@@ -81,3 +81,7 @@ def test_plot_errors(tmp_path):
     assert_clean_error(run_cli("plot", "phase-diagram", junk, "-o", tmp_path / "p.html"), "cannot read")
     assert_clean_error(run_cli("plot", "phase-diagram", junk, "-o", tmp_path / "p.pdf"), "must end in .html or .png")
     assert not (tmp_path / "p.html").exists()
+
+
+def test_missing_subcommand():
+    assert_clean_error(run_cli("plot"), "`dlphase plot` needs a command: phase-diagram")

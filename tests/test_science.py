@@ -1,0 +1,35 @@
+"""Science checks on real data at the reference's setting (slow: about 2 minutes; run with -m slow).
+
+FC, L = 2, h = 100, normalised swish, soft hinge (beta = 20), MNIST parity 10 PCA, P = 1000: the
+reference converges at alpha_tilde = 2^20 in 2826 steps with test error about 0.11 (SCIENCE.md).
+"""
+
+from pathlib import Path
+
+import pytest
+
+import dlphase
+
+SPEC = Path(__file__).parent.parent / "examples" / "reference_point.toml"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alpha_tilde, max_error", [(1e3, 0.15), (1e-2, 0.15)])
+def test_reference_point_converges(alpha_tilde, max_error):
+    spec = dlphase.load_spec(SPEC, [f"grid.alpha_tilde={alpha_tilde}"])
+    ds = dlphase.Run(spec).train()
+    assert ds["status"].item() == "converged", ds["message"].item()
+    assert int(ds["n_delta"]) == 0 and bool(ds["converged"])
+    assert float(ds["test_error"]) <= max_error
+    assert float(ds["train_error"]) == 0.0
+    assert int(ds["n_params"]) == 10 * 100 + 100 * 100 + 100
+
+
+@pytest.mark.slow
+def test_small_nets_jam_and_large_nets_do_not():
+    """Below the jamming point (N << P) the flow cannot satisfy every margin; above it, it can."""
+    spec = dlphase.load_spec(SPEC, ["grid.alpha_tilde=1e3", "dynamics.max_steps=20000"])
+    small = dlphase.Run(spec, h=4, alpha_tilde=1e3, P=1000).train()
+    large = dlphase.Run(spec, h=64, alpha_tilde=1e3, P=1000).train()
+    assert small["status"].item() == "budget" and int(small["n_delta"]) > 100
+    assert large["status"].item() == "converged"
