@@ -42,5 +42,6 @@ class AlphaModel(torch.nn.Module):
 
     def displacement(self) -> float:
         """|theta - theta_0|, the Euclidean distance travelled in parameter space."""
-        return math.sqrt(sum(float((p - p0).pow(2).sum())
-                             for p, p0 in zip(self.net.parameters(), self.net0.parameters())))
+        with torch.no_grad():
+            return math.sqrt(sum(float((p - p0).pow(2).sum())
+                                 for p, p0 in zip(self.net.parameters(), self.net0.parameters())))
