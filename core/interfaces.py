@@ -24,21 +24,31 @@ if TYPE_CHECKING:  # pragma: no cover
 class Data:
     """Arrays of one dataset at one P: inputs ``x_*`` (n, ...) and labels ``y_*`` = +-1 (n,).
 
-    ``classes_*`` keeps the original class of each point (multi-class labels) where one exists;
-    ``attrs`` holds provenance that goes into the cube's attributes (source, preprocessing).
+    The kernel set (``x_kernel``, ``y_kernel``) is a fixed set of points, disjoint from the training
+    set, for kernel observables. ``classes_*`` keeps the original class of each point (multi-class
+    labels) where one exists; ``attrs`` holds provenance for the cube's attributes.
     """
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    x_kernel: np.ndarray | None = None
+    y_kernel: np.ndarray | None = None
     classes_train: np.ndarray | None = None
     classes_test: np.ndarray | None = None
+    classes_kernel: np.ndarray | None = None
     attrs: Mapping[str, Any] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self):
-        for split in ("train", "test"):
+        for split in ("train", "test", "kernel"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if x is None and y is None:
+                continue
+            if x is None or y is None:
+                raise ValueError(f"give both x_{split} and y_{split}, or neither")
+            if x.shape[1:] != self.x_train.shape[1:]:
+                raise ValueError(f"x_{split} has point shape {x.shape[1:]}, x_train {self.x_train.shape[1:]}")
             if len(x) != len(y):
                 raise ValueError(f"x_{split} has {len(x)} points but y_{split} has {len(y)}")
             if not np.all(np.abs(y) == 1):
@@ -80,10 +90,16 @@ class Dataset(Component):
     """Serves training and test points with +-1 labels, deterministically given its parameters."""
 
     kind = "dataset"
+    #: whether ``load`` results may be kept in the on-disk data cache (cheap synthetic data: no)
+    cacheable: ClassVar[bool] = True
 
     @abc.abstractmethod
     def load(self, P: int) -> Data:
         """P training points and the test set. The test set must not depend on P."""
+
+    def cache_token(self) -> str:
+        """What, besides the parameters, identifies the data (e.g. the source files' sizes and dates)."""
+        return ""
 
     def max_train(self) -> int | None:
         """The largest P this dataset can serve (checked when a spec is loaded); None if unbounded."""

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from . import data_cache
 from .errors import DlphaseError, SpecError
 from .interfaces import Data, RunState, TorchData, Variable
 from .model import AlphaModel, alpha_of
@@ -29,8 +30,8 @@ RUN_VARIABLES = {
 
 @functools.lru_cache(maxsize=16)
 def load_data(dataset, P: int) -> Data:
-    """``dataset.load(P)``, cached per process: a sweep does not redo the preprocessing per run."""
-    return dataset.load(P)
+    """``dataset.load(P)``, cached in memory per process and on disk across processes."""
+    return data_cache.load(dataset, P)
 
 
 class Run:

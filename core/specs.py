@@ -125,9 +125,13 @@ class Spec:
                 "run": attrs.asdict(self.run)}
 
     def to_toml(self) -> str:
+        """The spec as TOML; parameters that are None (TOML has no null) are left out: they are defaults."""
         import tomli_w
 
-        return tomli_w.dumps(self.to_dict())
+        def drop_none(d):
+            return {k: drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+
+        return tomli_w.dumps(drop_none(self.to_dict()))
 
     def run_id(self, point: Mapping[str, Any]) -> str:
         """A stable id of one run: a hash of everything that determines its result."""

@@ -1,7 +1,8 @@
-"""The reference's preprocessing (SCIENCE.md section 3), fitted on the training split only.
+"""The preprocessing pipeline of SCIENCE.md section 3, every map fitted on the training split only.
 
-centre on the training mean; rescale each sample to norm sqrt(dim); PCA on the top d components of the
-training covariance, scaled by 1 / sqrt(mean of those d eigenvalues). The same maps apply to the test set.
+Steps, in order, each optional: centre on the training mean; rescale each sample to norm sqrt(dim);
+PCA on the top d components of the training covariance, scaled by 1 / sqrt(mean of those d eigenvalues),
+or by 1 / sqrt(each eigenvalue) with whitening. Without PCA the images keep their shape (C, H, W).
 """
 
 from __future__ import annotations
@@ -40,7 +41,39 @@ def pca(train: np.ndarray, *others: np.ndarray, d: int, whiten: bool = False) ->
     val, vec = np.linalg.eigh(cov)
     order = np.argsort(val)[::-1][:d]
     val, vec = val[order], vec[:, order]
+    if np.any(val <= 0):
+        raise ValueError(f"the training set spans fewer than pca = {d} dimensions; lower pca or raise P")
     # fix each eigenvector's sign (largest entry positive) so the projection is reproducible
     vec = vec * np.sign(vec[np.abs(vec).argmax(axis=0), np.arange(d)])
     scale = 1 / np.sqrt(val) if whiten else np.full(d, 1 / np.sqrt(val.mean()))
     return [(a.reshape(len(a), -1) - mu) @ vec * scale for a in (train, *others)]
+
+
+def pipeline(train: np.ndarray, *others: np.ndarray, center_: bool = True, normalize_: bool = True,
+             pca_: int = 0, whiten: bool = False) -> list[np.ndarray]:
+    """Apply the enabled steps in order, fitted on ``train``; returns [train, *others] (empty ones stay empty)."""
+    given = [np.asarray(a, dtype=np.float64) for a in (train, *others)]
+    full = [i for i, a in enumerate(given) if len(a) or i == 0]
+    done = _steps([given[i] for i in full], center_, normalize_, pca_, whiten)
+    out = dict(zip(full, done))
+    return [out.get(i, np.empty((0,) + done[0].shape[1:])) for i in range(len(given))]
+
+
+def _steps(arrays, center_, normalize_, pca_, whiten):
+    if center_:
+        arrays = center(*arrays)
+    if normalize_:
+        arrays = normalize(*arrays)
+    if pca_:
+        arrays = pca(*arrays, d=pca_, whiten=whiten)
+    elif whiten:
+        raise ValueError("whiten needs pca > 0")
+    return arrays
+
+
+def describe(center_: bool, normalize_: bool, pca_: int, whiten: bool) -> str:
+    """A one-line provenance string for the cube's attributes."""
+    steps = (["centre on the training mean"] if center_ else []) + (["norm sqrt(dim)"] if normalize_ else [])
+    if pca_:
+        steps.append(f"PCA {pca_} fitted on train" + (", whitened" if whiten else ", scaled by mean eigenvalue"))
+    return ", ".join(steps) or "raw pixels in [0, 1]"

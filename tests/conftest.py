@@ -3,10 +3,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import tempfile
+
 import pytest
 import torch
 
 torch.set_num_threads(1)
+# the tests (and the CLI processes they start) use a data cache of their own, never the user's
+os.environ["DLPHASE_CACHE"] = tempfile.mkdtemp(prefix="dlphase-test-cache-")
+os.environ.pop("DLPHASE_DATA", None)
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent

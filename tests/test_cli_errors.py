@@ -19,7 +19,7 @@ BAD_SPECS = {
     "unknown_plugin": (TINY_SPEC.replace('name = "fc"', 'name = "transformer"'),
                        ["architecture.name: unknown architecture 'transformer'; installed: fc"]),
     "unknown_key": (TINY_SPEC.replace("pca = 5", "pca = 5\nwhitening = true"),
-                    ["unknown key dataset.whitening", "valid keys: pca, n_test, seed"]),
+                    ["unknown key dataset.whitening", "valid keys: pca, whiten, center"]),
     "unknown_section": (TINY_SPEC + "\n[trainer]\nx = 1\n", ["unknown section [trainer]"]),
     "h_zero": (TINY_SPEC.replace("h = [4, 16]", "h = [0, 16]"), ["grid.h = 0 is invalid", "> 0"]),
     "h_negative": (TINY_SPEC.replace("h = [4, 16]", "h = [-4]"), ["grid.h = -4 is invalid"]),

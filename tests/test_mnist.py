@@ -28,18 +28,18 @@ def test_test_set_does_not_depend_on_P_and_training_sets_nest():
     ds = MNIST(pca=0, n_test=200)
     small, large = ds.load(100), ds.load(400)
     raw_x, raw_c = bundled_digits()
-    from dlphase.plugins.mnist import balanced_split
+    from dlphase.plugins.splits import balanced_split
 
     y = np.where(raw_c % 2 == 0, 1.0, -1.0)
-    te1, tr1 = balanced_split(y, 200, 100, seed=0)
-    te2, tr2 = balanced_split(y, 200, 400, seed=0)
+    te1, _, tr1 = balanced_split(y, 200, 100, seed=0)
+    te2, _, tr2 = balanced_split(y, 200, 400, seed=0)
     assert set(te1) == set(te2)
     assert set(tr1) <= set(tr2)
     assert not set(tr2) & set(te2)
     np.testing.assert_array_equal(small.classes_test, large.classes_test)
     np.testing.assert_array_equal(small.y_test, large.y_test)
     # another data seed gives another split; the same seed the same one
-    te3, _ = balanced_split(y, 200, 100, seed=1)
+    te3, _, _ = balanced_split(y, 200, 100, seed=1)
     assert set(te3) != set(te1)
     np.testing.assert_array_equal(ds.load(100).x_train, small.x_train)
 
@@ -49,10 +49,10 @@ def test_preprocessing_fitted_on_train():
     d, P = 10, 500
     data = MNIST(pca=d, n_test=200).load(P)
     raw_x, raw_c = bundled_digits()
-    from dlphase.plugins.mnist import balanced_split
+    from dlphase.plugins.splits import balanced_split
 
     y = np.where(raw_c % 2 == 0, 1.0, -1.0)
-    _, train = balanced_split(y, 200, P, seed=0)
+    _, _, train = balanced_split(y, 200, P, seed=0)
     z = raw_x[train] - raw_x[train].mean(0)
     z = z / np.linalg.norm(z, axis=1, keepdims=True) * np.sqrt(784)
     z = z - z.mean(0)
@@ -69,7 +69,7 @@ def test_preprocessing_fitted_on_train():
 def test_too_many_points_is_an_error():
     from dlphase import DataError, SpecError
 
-    with pytest.raises(DataError, match="lower P or n_test"):
+    with pytest.raises(DataError, match="lower P, n_test or n_kernel"):
         MNIST(n_test=1000).load(4002)
-    with pytest.raises(ValueError, match="pca = 800 is more than the 784 pixels"):
-        MNIST(pca=800)
+    with pytest.raises(DataError, match="pca = 800 is more than the 784 input dimensions"):
+        MNIST(pca=800).max_train()

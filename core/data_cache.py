@@ -1,0 +1,68 @@
+"""An on-disk cache of loaded and preprocessed datasets, keyed by the dataset's spec and P.
+
+A sweep of a thousand runs then does not repeat the PCA a thousand times, across processes and
+sessions. Arrays are stored losslessly (npz, float64), so a hit returns exactly what ``load`` would.
+``$DLPHASE_CACHE`` sets the folder (default ``~/.cache/dlphase/data``); ``DLPHASE_CACHE=off`` disables it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .interfaces import Data, Dataset
+
+VERSION = 1
+FIELDS = ("x_train", "y_train", "x_test", "y_test", "x_kernel", "y_kernel",
+          "classes_train", "classes_test", "classes_kernel")
+
+
+def cache_dir() -> Path | None:
+    value = os.environ.get("DLPHASE_CACHE")
+    if value is not None and value.strip().lower() in ("", "0", "off", "no", "false"):
+        return None
+    if value:
+        return Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dlphase" / "data"
+
+
+def cache_key(dataset: Dataset, P: int) -> str:
+    from .specs import component_to_dict
+
+    ident = {"class": f"{type(dataset).__module__}:{type(dataset).__qualname__}", "spec": component_to_dict(dataset),
+             "P": P, "token": dataset.cache_token(), "version": VERSION}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=repr).encode()).hexdigest()[:24]
+
+
+def load(dataset: Dataset, P: int) -> Data:
+    """``dataset.load(P)``, through the disk cache where the dataset allows it."""
+    folder = cache_dir()
+    if folder is None or not dataset.cacheable:
+        return dataset.load(P)
+    path = folder / f"{dataset.name}-{cache_key(dataset, P)}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in FIELDS if k in z.files}
+                attrs = json.loads(str(z["attrs"]))
+            return Data(**arrays, attrs=attrs)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # unreadable entry: recompute and overwrite it
+    data = dataset.load(P)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+        with os.fdopen(fd, "wb") as fh:
+            arrays = {k: getattr(data, k) for k in FIELDS if getattr(data, k) is not None}
+            np.savez(fh, **arrays, attrs=np.array(json.dumps(dict(data.attrs), default=str)))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only or full cache folder must not stop a run
+    return data

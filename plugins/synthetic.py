@@ -1,0 +1,112 @@
+"""Synthetic data: the stripe model, random labels, and a random teacher net (SCIENCE.md section 3).
+
+x ~ N(0, I_d). Each split comes from its own random stream fixed by ``seed``: the test and kernel sets
+do not depend on P, and the first P training points are the same for every larger P (nested).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import attrs
+import numpy as np
+import torch
+
+import dlphase
+from dlphase import Data, Dataset, param
+from dlphase.specs import non_negative, positive
+
+STREAMS = {"test": 0, "kernel": 1, "train": 2}
+
+
+@attrs.frozen(kw_only=True)
+class Gaussian(Dataset):
+    """Gaussian inputs in d dimensions; subclasses give the labels."""
+
+    cacheable: ClassVar[bool] = False  # generating is faster than reading a cache entry
+
+    d: int = param(default=10, doc="input dimension", validator=positive)
+    n_test: int = param(default=1000, doc="test points", validator=positive)
+    n_kernel: int = param(default=0, doc="kernel-set points for NTK observables", validator=non_negative)
+    seed: int = param(default=0, doc="data seed", validator=non_negative)
+
+    def inputs(self, split: str, n: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, STREAMS[split]]).standard_normal((n, self.d))
+
+    def label(self, split: str, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def load(self, P: int) -> Data:
+        parts = {}
+        for split, n in (("train", P), ("test", self.n_test), ("kernel", self.n_kernel)):
+            x = self.inputs(split, n)
+            parts[split] = (x, self.label(split, x))
+        return Data(x_train=parts["train"][0], y_train=parts["train"][1], x_test=parts["test"][0],
+                    y_test=parts["test"][1], x_kernel=parts["kernel"][0], y_kernel=parts["kernel"][1],
+                    attrs={"source": self.describe()})
+
+    def describe(self) -> str:
+        return self.name
+
+
+@attrs.frozen(kw_only=True)
+class Stripe(Gaussian):
+    """Stripe model: y = +1 when low < x_1 < high, else -1 (only x_1 is informative)."""
+
+    name: ClassVar[str] = "stripe"
+    low: float = param(default=-0.3, doc="lower end of the +1 interval of x_1")
+    high: float = param(default=1.18549, doc="upper end (with -0.3, P(y = +1) = 1/2)")
+
+    def __attrs_post_init__(self):
+        if not self.low < self.high:
+            raise ValueError(f"low = {self.low} must be below high = {self.high}")
+
+    def label(self, split, x):
+        return np.where((x[:, 0] > self.low) & (x[:, 0] < self.high), 1.0, -1.0)
+
+    def describe(self):
+        return f"stripe model, d = {self.d}, y = +1 on {self.low} < x_1 < {self.high}"
+
+
+@attrs.frozen(kw_only=True)
+class RandomLabels(Gaussian):
+    """Gaussian inputs with independent random +-1 labels (the jamming point is linear in P)."""
+
+    name: ClassVar[str] = "random"
+
+    def label(self, split, x):
+        rng = np.random.default_rng([self.seed, STREAMS[split], 7])
+        return np.where(rng.random(len(x)) < 0.5, 1.0, -1.0)
+
+    def describe(self):
+        return f"random labels, Gaussian x in d = {self.d}"
+
+
+@attrs.frozen(kw_only=True)
+class Teacher(Gaussian):
+    """Labels = sign of a random fc teacher net (NTK scaling, N(0,1) weights) of the given depth and width."""
+
+    name: ClassVar[str] = "teacher"
+    depth: int = param(default=1, doc="hidden layers of the teacher", validator=positive)
+    width: int = param(default=100, doc="width of the teacher", validator=positive)
+    activation: Literal["relu", "swish", "tanh"] = param(default="relu", doc="teacher's activation")
+    teacher_seed: int = param(default=0, doc="seed of the teacher's weights", validator=non_negative)
+
+    def label(self, split, x):
+        from .fc import FC
+
+        net = FC(depth=self.depth, activation=self.activation).build(
+            self.width, (self.d,), torch.Generator().manual_seed(self.teacher_seed))
+        with torch.no_grad():
+            f = net(torch.from_numpy(x)).numpy()
+        return np.where(f >= 0, 1.0, -1.0)
+
+    def describe(self):
+        return f"fc teacher (depth {self.depth}, width {self.width}, {self.activation}), Gaussian x in d = {self.d}"
+
+
+@dlphase.hookimpl
+def register_datasets(register):
+    for cls in (Stripe, RandomLabels, Teacher):
+        register(cls)
