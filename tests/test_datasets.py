@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import re
 import pickle
 
 import numpy as np
@@ -112,18 +113,24 @@ def test_bad_cifar_files(tmp_path):
         CIFAR10(data_dir=str(tmp_path / "c")).pools()
 
 
-def test_bad_files_on_the_command_line(tmp_path):
+@pytest.mark.parametrize("case", sorted(BAD_FILES) + ["no_folder"])
+def test_bad_files_on_the_command_line(tmp_path, case):
+    """Each bad-file error reaches the user as one line, exit status 2, no traceback, no output."""
     folder = tmp_path / "d"
     write_idx_folder(folder)
-    _corrupt(folder, "train-images-idx3-ubyte", b"\x00\x00\x08\x03\x00")
+    if case == "no_folder":
+        folder, message = tmp_path / "none", "does not exist"
+    else:
+        mutate, message = BAD_FILES[case]
+        mutate(folder)
     spec = write(tmp_path / "s.toml", f'[dataset]\nname = "mnist"\ndata_dir = "{folder}"\nn_test = 10\npca = 5\n'
                                       '[grid]\nh = 4\nalpha_tilde = 1.0\nP = 10\n')
     res = run_cli("run", spec, "-o", tmp_path / "r.nc")
-    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
-    assert "truncated" in res.stderr
+    assert res.returncode == 2 and res.stdout == "" and "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(folder) in lines[0]
+    assert re.search(message, lines[0]), lines[0]
     assert not (tmp_path / "r.nc").exists()
-    res = run_cli("run", spec, "-o", tmp_path / "r.nc", "--set", f'dataset.data_dir="{tmp_path / "none"}"')
-    assert res.returncode == 2 and "does not exist" in res.stderr and res.stderr.count("\n") == 1
 
 
 def test_label_maps():
