@@ -115,6 +115,9 @@ class Architecture(Component):
     def build(self, h: int, input_shape: tuple[int, ...], generator: "torch.Generator") -> "torch.nn.Module":
         """A module of width ``h`` (float64, CPU) whose parameters are drawn with ``generator``."""
 
+    def check(self, dataset: "Dataset") -> None:
+        """Raise ValueError if this architecture cannot take the dataset's points (checked with the spec)."""
+
 
 class Loss(Component):
     """A per-sample loss l(m) of the margin m = y f; the training loss is L = mean_mu l(y_mu f_mu)."""

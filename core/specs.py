@@ -299,6 +299,10 @@ def build_spec(raw: Mapping[str, Any], manager: PluginManager | None = None) -> 
     grid = build_attrs(Grid, raw["grid"], "grid", manager, what="[grid]")
     run = build_attrs(RunOptions, raw.get("run", {}), "run", manager, what="[run]")
 
+    try:
+        architecture.check(dataset)
+    except ValueError as exc:
+        raise SpecError(f"architecture: {exc}") from None
     limit = dataset.max_train()
     if limit is not None and max(grid.P) > limit:
         raise SpecError(f"grid.P = {max(grid.P)} is larger than the {limit} training points dataset "

@@ -23,6 +23,7 @@ from dlphase import Dynamics, Loss, TrainResult, param
 from dlphase.specs import non_negative, positive
 
 from .losses import SoftHinge
+from .stopping import stop_reason
 
 
 @attrs.frozen(kw_only=True)
@@ -73,16 +74,11 @@ class GradientFlow(Dynamics):
                                wall_seconds=time.perf_counter() - start)
 
         while True:
-            if not (torch.isfinite(out).all() and math.isfinite(gnorm)):
-                return result("diverged", "non-finite output or gradient")
-            if bool((y * out >= 1).all()):
-                return result("converged")
-            if steps + rejected >= self.max_steps:
-                return result("budget", f"max_steps = {self.max_steps} trial steps reached")
-            if t >= self.max_time:
-                return result("budget", f"max_time = {self.max_time:g} reached")
-            if time.perf_counter() - start >= self.max_seconds:
-                return result("budget", f"max_seconds = {self.max_seconds:g} reached")
+            if not math.isfinite(gnorm):
+                return result("diverged", "non-finite gradient")
+            stop = stop_reason(self, out, y, steps + rejected, t, start, "trial steps")
+            if stop:
+                return result(*stop)
             if dt < self.min_dt:
                 return result("budget", f"stalled: dt = {dt:.3g} fell below min_dt = {self.min_dt:g}")
             if gnorm == 0.0:

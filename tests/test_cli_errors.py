@@ -17,7 +17,7 @@ def assert_clean_error(res, *fragments):
 
 BAD_SPECS = {
     "unknown_plugin": (TINY_SPEC.replace('name = "fc"', 'name = "transformer"'),
-                       ["architecture.name: unknown architecture 'transformer'; installed: fc"]),
+                       ["architecture.name: unknown architecture 'transformer'; installed: cnn, fc, mean_field"]),
     "unknown_key": (TINY_SPEC.replace("pca = 5", "pca = 5\nwhitening = true"),
                     ["unknown key dataset.whitening", "valid keys: pca, whiten, center"]),
     "unknown_section": (TINY_SPEC + "\n[trainer]\nx = 1\n", ["unknown section [trainer]"]),

@@ -28,7 +28,7 @@ def test_registry_lists_every_builtin_and_nothing_else():
 
 def test_unknown_name_lists_installed():
     m = PluginManager(entry_points=False)
-    with pytest.raises(dlphase.PluginError, match=r"unknown architecture 'resnet'; installed: fc"):
+    with pytest.raises(dlphase.PluginError, match=r"unknown architecture 'resnet'; installed: cnn, fc, mean_field"):
         m.get("architecture", "resnet")
 
 

@@ -1,0 +1,119 @@
+"""Gradient descent with a fixed step and stochastic gradient descent, on L / alpha^2 (the alpha trick).
+
+Both stop on the same rules as the flow: converged when every training margin y f >= 1 (checked on
+the whole training set), budgets on steps, flow time t = lr x steps and wall time, diverged on NaN.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import ClassVar
+
+import attrs
+import torch
+
+import dlphase
+from dlphase import Dynamics, Loss, TrainResult, param
+from dlphase.specs import non_negative, positive
+
+from .losses import SoftHinge
+from .stopping import stop_reason
+
+
+def _objective(model, loss, x, y, f0):
+    out = model.f_from(x, f0)
+    return out, loss(y * out).mean() / model.alpha ** 2
+
+
+@attrs.frozen(kw_only=True)
+class GD(Dynamics):
+    """Full-batch gradient descent theta <- theta - lr grad (L / alpha^2)."""
+
+    name: ClassVar[str] = "gd"
+    loss: Loss = param(default=attrs.Factory(SoftHinge), doc="the loss l(y f): a name or {name = ..., ...}")
+    lr: float = param(default=1.0, doc="the fixed step (learning rate)", validator=positive)
+    max_steps: int = param(default=100_000, doc="budget on steps", validator=positive)
+    max_seconds: float = param(default=math.inf, doc="wall-time budget, in seconds", validator=positive)
+    max_time: float = param(default=math.inf, doc="budget on t = lr x steps", validator=positive)
+
+    def train(self, model, data):
+        start = time.perf_counter()
+        params = [p for p in model.net.parameters() if p.requires_grad]
+        x, y = data.x_train, data.y_train
+        with torch.no_grad():
+            f0 = model.net0(x)
+        steps = 0
+        while True:
+            out, objective = _objective(model, self.loss, x, y, f0)
+            stop = stop_reason(self, out.detach(), y, steps, steps * self.lr, start)
+            if stop:
+                return TrainResult(status=stop[0], message=stop[1], steps=steps, t=steps * self.lr,
+                                   wall_seconds=time.perf_counter() - start)
+            grads = torch.autograd.grad(objective, params)
+            with torch.no_grad():
+                torch._foreach_add_(params, grads, alpha=-self.lr)
+            steps += 1
+
+
+@attrs.frozen(kw_only=True)
+class SGD(Dynamics):
+    """Minibatch SGD on L / alpha^2 with optional momentum and weight decay, its own batch seed."""
+
+    name: ClassVar[str] = "sgd"
+    loss: Loss = param(default=attrs.Factory(SoftHinge), doc="the loss l(y f): a name or {name = ..., ...}")
+    lr: float = param(default=0.1, doc="learning rate", validator=positive)
+    batch_size: int = param(default=32, doc="minibatch size (sampled without replacement each epoch)",
+                            validator=positive)
+    momentum: float = param(default=0.0, doc="heavy-ball momentum in [0, 1)", validator=non_negative)
+    weight_decay: float = param(default=0.0, doc="adds weight_decay theta to the gradient", validator=non_negative)
+    seed: int = param(default=0, doc="seed of the minibatch order (separate from the init seed)",
+                      validator=non_negative)
+    max_steps: int = param(default=100_000, doc="budget on minibatch steps", validator=positive)
+    max_seconds: float = param(default=math.inf, doc="wall-time budget, in seconds", validator=positive)
+    max_time: float = param(default=math.inf, doc="budget on t = lr x steps", validator=positive)
+
+    def __attrs_post_init__(self):
+        if self.momentum >= 1:
+            raise ValueError(f"momentum = {self.momentum} must be below 1")
+
+    def train(self, model, data):
+        start = time.perf_counter()
+        params = [p for p in model.net.parameters() if p.requires_grad]
+        x, y = data.x_train, data.y_train
+        P = len(x)
+        with torch.no_grad():
+            f0 = model.net0(x)
+        gen = torch.Generator().manual_seed(self.seed)
+        velocity = [torch.zeros_like(p) for p in params]
+        steps, order, pos = 0, torch.randperm(P, generator=gen), 0
+        epoch = max(1, math.ceil(P / self.batch_size))
+        while True:
+            if steps % epoch == 0:  # the full-batch stop rules, once an epoch
+                with torch.no_grad():
+                    out = model.f_from(x, f0)
+                stop = stop_reason(self, out, y, steps, steps * self.lr, start)
+                if stop:
+                    return TrainResult(status=stop[0], message=stop[1], steps=steps, t=steps * self.lr,
+                                       wall_seconds=time.perf_counter() - start)
+            if pos >= P:
+                order, pos = torch.randperm(P, generator=gen), 0
+            batch = order[pos:pos + self.batch_size].to(x.device)
+            pos += self.batch_size
+            _, objective = _objective(model, self.loss, x[batch], y[batch], f0[batch])
+            grads = torch.autograd.grad(objective, params)
+            with torch.no_grad():
+                if self.weight_decay:
+                    grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
+                if self.momentum:
+                    torch._foreach_mul_(velocity, self.momentum)
+                    torch._foreach_add_(velocity, grads)
+                    grads = velocity
+                torch._foreach_add_(params, grads, alpha=-self.lr)
+            steps += 1
+
+
+@dlphase.hookimpl
+def register_dynamics(register):
+    register(GD)
+    register(SGD)

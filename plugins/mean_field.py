@@ -1,0 +1,52 @@
+"""The mean-field one-hidden-layer net of eq. (7): f~ = (1/h) sum_i W2_i sigma(W1_i . x / sqrt(d) + B_i).
+
+All weights N(0,1). The output is scaled by 1/h rather than 1/sqrt(h); alpha = alpha_tilde / sqrt(h)
+still multiplies f~ - f~0, as for every architecture.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import attrs
+import torch
+
+import dlphase
+from dlphase import Architecture, param
+
+from .activations import ACTIVATIONS
+
+
+class MeanFieldNet(torch.nn.Module):
+    def __init__(self, d: int, h: int, activation: str, bias: bool, generator: torch.Generator):
+        super().__init__()
+        self.w1 = torch.nn.Parameter(torch.randn(h, d, generator=generator, dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.randn(h, generator=generator, dtype=torch.float64)) if bias else None
+        self.w2 = torch.nn.Parameter(torch.randn(h, generator=generator, dtype=torch.float64))
+        self.d, self.h = d, h
+        self.sigma = ACTIVATIONS[activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = x.flatten(1) @ self.w1.t() / math.sqrt(self.d)
+        if self.b is not None:
+            a = a + self.b
+        return self.sigma(a) @ self.w2 / self.h
+
+
+@attrs.frozen(kw_only=True)
+class MeanField(Architecture):
+    """One hidden layer, output (1/h) sum_i W2_i sigma(W1_i . x / sqrt(d) + B_i) (eq. 7)."""
+
+    name: ClassVar[str] = "mean_field"
+    activation: Literal["swish", "relu", "tanh"] = param(default="relu", doc="sigma: relu (as the paper's text), "
+                                                                             "swish (normalised) or tanh")
+    bias: bool = param(default=True, doc="the biases B_i of eq. (7)")
+
+    def build(self, h, input_shape, generator):
+        return MeanFieldNet(math.prod(input_shape), h, self.activation, self.bias, generator)
+
+
+@dlphase.hookimpl
+def register_architectures(register):
+    register(MeanField)
