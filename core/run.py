@@ -135,6 +135,12 @@ def execute(spec: Spec, point: Mapping[str, Any]) -> xr.Dataset:
         else:
             tb = traceback.extract_tb(exc.__traceback__)[-1]
             message = f"{type(exc).__name__}: {exc} (at {tb.filename}:{tb.lineno})"
-        result = run.result or TrainResult(status="failed")
-        result.status, result.message = "failed", message
-        return point_dataset(run.point, run.id, result, {}, {})
+        return failed_point(spec, run.point, message, run.result)
+
+
+def failed_point(spec: Spec, point: Mapping[str, Any], message: str,
+                 result: TrainResult | None = None) -> xr.Dataset:
+    """The record of a run that raised: status ``failed`` and the message, no observables."""
+    result = result or TrainResult(status="failed")
+    result.status, result.message = "failed", message
+    return point_dataset(point, spec.run_id(point), result, {}, {})

@@ -19,7 +19,7 @@ import xarray as xr
 
 from .cube import check_writable, combine, open_cube, write_atomic
 from .errors import DlphaseError
-from .run import execute
+from .run import execute, failed_point
 from .specs import Spec
 
 
@@ -91,7 +91,8 @@ def sweep(spec: Spec, out: str | os.PathLike, *, workers: int = 1, executor: cf.
     try:
         pending: dict[cf.Future, tuple[dict, str]] = {}
         queue = list(todo)
-        limit = max(2 * workers, 2)
+        # runs in flight: twice the workers (an external executor's own worker count where it has one)
+        limit = 2 * max(workers, getattr(executor, "_max_workers", 1) or 1)
         while queue or pending:
             while queue and len(pending) < limit:
                 point, run_id = queue.pop(0)
@@ -99,7 +100,15 @@ def sweep(spec: Spec, out: str | os.PathLike, *, workers: int = 1, executor: cf.
             done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
             for future in done:
                 point, run_id = pending.pop(future)
-                ds = future.result()
+                try:
+                    ds = future.result()
+                except cf.BrokenExecutor as exc:
+                    n_done = sum(path_of(i).exists() for i in ids)
+                    raise DlphaseError(f"a worker process died ({exc}), perhaps out of memory; {n_done} of "
+                                       f"{len(ids)} runs are saved in {runs_dir}; rerun to resume, with fewer "
+                                       f"--workers") from None
+                except Exception as exc:  # the executor itself failed this run (e.g. pickling): record it
+                    ds = failed_point(spec, point, f"{type(exc).__name__}: {exc}")
                 write_atomic(ds, path_of(run_id))
                 bar.set_postfix_str(f"last: h={point['h']} at={point['alpha_tilde']:g} {ds['status'].item()}")
                 bar.update(1)

@@ -154,3 +154,28 @@ def test_cli_run_one_point(tiny_spec, tmp_path):
     assert "-> " in res.stdout and "test_error=" in res.stdout
     ds = dlphase.open_cube(tmp_path / "r.nc")
     assert dict(ds.sizes)["h"] == 1 and ds["h"].item() == 16
+
+
+def test_an_executor_failure_is_recorded(tiny_spec, tmp_path):
+    """A run the executor itself fails (not the run's code) is recorded as failed; the sweep goes on."""
+    import concurrent.futures as cf
+
+    class Flaky(cf.Executor):
+        def __init__(self):
+            self.calls = 0
+
+        def submit(self, fn, *args, **kwargs):
+            self.calls += 1
+            future = cf.Future()
+            if self.calls == 2:
+                future.set_exception(RuntimeError("lost the connection to the worker"))
+            else:
+                future.set_result(fn(*args, **kwargs))
+            return future
+
+    spec = load_spec(tiny_spec, ["grid.h=[4]", "grid.alpha_tilde=[1.0]"])
+    cube = dlphase.sweep(spec, tmp_path / "c.nc", executor=Flaky(), progress=False)
+    status = cube["status"].values.ravel().tolist()
+    assert status.count("failed") == 1 and len(status) == 2
+    failed = cube["message"].where(cube["status"] == "failed", drop=True).values.ravel().tolist()
+    assert failed == ["RuntimeError: lost the connection to the worker"]
