@@ -144,3 +144,50 @@ def failed_point(spec: Spec, point: Mapping[str, Any], message: str,
     result = result or TrainResult(status="failed")
     result.status, result.message = "failed", message
     return point_dataset(point, spec.run_id(point), result, {}, {})
+
+
+def _members_per_batch(h: int, P: int) -> int:
+    """How many members to train together: about 2 GB of activations at most, 64 members at most."""
+    return int(min(64, max(1, 2 ** 31 // (16 * 8 * max(h, 1) * max(P, 1)))))
+
+
+def groups(spec: Spec, points: list[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """Batches of points that can train as one ensemble: same h and P (every seed and alpha_tilde)."""
+    if not spec.run.ensemble or not hasattr(spec.dynamics, "train_ensemble"):
+        return [[p] for p in points]
+    by_key: dict[tuple, list] = {}
+    for p in points:
+        by_key.setdefault((p["h"], p["P"]), []).append(p)
+    out = []
+    for (h, P), members in by_key.items():
+        size = _members_per_batch(h, P)
+        out.extend(members[i:i + size] for i in range(0, len(members), size))
+    return out
+
+
+def execute_group(spec: Spec, points: list[Mapping[str, Any]]) -> list[xr.Dataset]:
+    """Train a batch of points as one ensemble; each is recorded as if it had run alone.
+
+    If the batched path fails (an architecture torch.func cannot vmap, say), the points run one by one.
+    """
+    if len(points) == 1:
+        return [execute(spec, points[0])]
+    runs = [Run(spec, **p) for p in points]
+    try:
+        tensors = runs[0].tensors
+        results = spec.dynamics.train_ensemble([r.model for r in runs], tensors)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        import warnings
+
+        warnings.warn(f"ensemble training failed ({type(exc).__name__}: {exc}); running the points one by one")
+        return [execute(spec, p) for p in points]
+    records = []
+    for run, result in zip(runs, results):
+        run.result = result
+        try:
+            records.append(run.record())
+        except Exception as exc:
+            records.append(failed_point(spec, run.point, f"{type(exc).__name__}: {exc}", result))
+    return records

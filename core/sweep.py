@@ -19,7 +19,7 @@ import xarray as xr
 
 from .cube import check_writable, combine, open_cube, write_atomic
 from .errors import DlphaseError
-from .run import execute, failed_point
+from .run import execute_group, failed_point, groups
 from .specs import Spec
 
 
@@ -74,46 +74,48 @@ def sweep(spec: Spec, out: str | os.PathLike, *, workers: int = 1, executor: cf.
     def path_of(run_id: str) -> Path:
         return runs_dir / f"{run_id}.nc"
 
-    todo = []
-    for point, run_id in zip(points, ids):
-        path = path_of(run_id)
-        if path.exists():
-            if not retry_failed or open_cube(path)["status"].item() != "failed":
-                continue
-        todo.append((point, run_id))
-    # widest nets first: they cost the most, so the workers finish together rather than on a long tail
-    todo.sort(key=lambda item: (-item[0]["h"], -item[0]["P"]))
+    def finished(point) -> bool:
+        path = path_of(spec.run_id(point))
+        return path.exists() and not (retry_failed and open_cube(path)["status"].item() == "failed")
 
-    bar = _progress(total=len(points), initial=len(points) - len(todo), enabled=progress)
+    # Batches are formed from the whole grid, never from what is left, so that a resumed sweep trains
+    # exactly the batches an uninterrupted one does (a batch with any unfinished run is trained whole).
+    batches = [b for b in groups(spec, points) if not all(finished(p) for p in b)]
+    # widest nets first: they cost the most, so the workers finish together rather than on a long tail
+    batches.sort(key=lambda b: (-b[0]["h"], -b[0]["P"]))
+    n_todo = sum(len(b) for b in batches)
+
+    bar = _progress(total=len(points), initial=len(points) - n_todo, enabled=progress)
     own_executor = executor is None
     if own_executor:
         executor = InlineExecutor() if workers == 1 else process_executor(workers)
     try:
-        pending: dict[cf.Future, tuple[dict, str]] = {}
-        queue = list(todo)
+        pending: dict[cf.Future, list] = {}
+        queue = list(batches)
         # runs in flight: twice the workers (an external executor's own worker count where it has one)
         limit = 2 * max(workers, getattr(executor, "_max_workers", 1) or 1)
         while queue or pending:
             while queue and len(pending) < limit:
-                point, run_id = queue.pop(0)
-                pending[executor.submit(execute, spec, point)] = (point, run_id)
+                batch = queue.pop(0)
+                pending[executor.submit(execute_group, spec, batch)] = batch
             done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
             for future in done:
-                point, run_id = pending.pop(future)
+                batch = pending.pop(future)
                 try:
-                    ds = future.result()
+                    records = future.result()
                 except cf.BrokenExecutor as exc:
                     n_done = sum(path_of(i).exists() for i in ids)
                     raise DlphaseError(f"a worker process died ({exc}), perhaps out of memory; {n_done} of "
                                        f"{len(ids)} runs are saved in {runs_dir}; rerun to resume, with fewer "
                                        f"--workers") from None
-                except Exception as exc:  # the executor itself failed this run (e.g. pickling): record it
-                    ds = failed_point(spec, point, f"{type(exc).__name__}: {exc}")
-                write_atomic(ds, path_of(run_id))
-                bar.set_postfix_str(f"last: h={point['h']} at={point['alpha_tilde']:g} {ds['status'].item()}")
-                bar.update(1)
-                if on_run is not None:
-                    on_run(point, ds)
+                except Exception as exc:  # the executor itself failed these runs (e.g. pickling): record it
+                    records = [failed_point(spec, p, f"{type(exc).__name__}: {exc}") for p in batch]
+                for point, ds in zip(batch, records):
+                    write_atomic(ds, path_of(spec.run_id(point)))
+                    bar.set_postfix_str(f"last: h={point['h']} at={point['alpha_tilde']:g} {ds['status'].item()}")
+                    bar.update(1)
+                    if on_run is not None:
+                        on_run(point, ds)
     except KeyboardInterrupt:
         bar.close()
         n_done = sum(path_of(i).exists() for i in ids)

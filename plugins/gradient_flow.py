@@ -105,6 +105,13 @@ class GradientFlow(Dynamics):
                 dt /= self.shrink
 
 
+    def train_ensemble(self, models, data):
+        """Train several members of one architecture and width together (see ensemble_flow.py)."""
+        from .ensemble_flow import train_ensemble
+
+        return train_ensemble(self, models, data)
+
+
 @dlphase.hookimpl
 def register_dynamics(register):
     register(GradientFlow)

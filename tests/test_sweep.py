@@ -59,14 +59,16 @@ def test_cube_schema(tiny_spec, tmp_path):
     assert_same_results(cube, again)
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tiny_spec, tmp_path):
-    full = run_cli("sweep", tiny_spec, "-o", tmp_path / "full.nc", "-q")
+@pytest.mark.parametrize("ensemble", ["false", "true"])
+def test_sigkill_then_resume_equals_uninterrupted(tiny_spec, tmp_path, ensemble):
+    extra = ["--set", f"run.ensemble={ensemble}"]
+    full = run_cli("sweep", tiny_spec, "-o", tmp_path / "full.nc", "-q", *extra)
     assert full.returncode == 0, full.stderr
     out = tmp_path / "killed.nc"
     runs = runs_dir_for(out)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     exe = Path(sys.executable).with_name("dlphase")
-    proc = subprocess.Popen([str(exe), "sweep", str(tiny_spec), "-o", str(out), "-q"], env=env,
+    proc = subprocess.Popen([str(exe), "sweep", str(tiny_spec), "-o", str(out), "-q", *extra], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(runs.glob("*.nc"))) < 3:
@@ -76,7 +78,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_spec, tmp_path):
     n_saved = len(list(runs.glob("*.nc")))
     assert 3 <= n_saved < 8, "the kill must land mid-sweep"
     assert not out.exists()
-    resumed = run_cli("sweep", tiny_spec, "-o", out, "-q")
+    resumed = run_cli("sweep", tiny_spec, "-o", out, "-q", *extra)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_results(dlphase.open_cube(out), dlphase.open_cube(tmp_path / "full.nc"))
 
@@ -179,3 +181,22 @@ def test_an_executor_failure_is_recorded(tiny_spec, tmp_path):
     assert status.count("failed") == 1 and len(status) == 2
     failed = cube["message"].where(cube["status"] == "failed", drop=True).values.ravel().tolist()
     assert failed == ["RuntimeError: lost the connection to the worker"]
+
+
+def test_experimental_ensemble_matches_single_runs(manager, tmp_path):
+    """run.ensemble = true trains the runs sharing h and P together; on converging runs each member
+    ends where it ends alone (same steps, f_test equal to 1e-9 relative)."""
+    raw = {"dataset": {"name": "blobs", "d": 3, "n_test": 30}, "dynamics": {"max_steps": 20000},
+           "grid": {"h": [8, 16], "alpha_tilde": [1.0, 10.0], "P": [20], "seed": [0, 1]}}
+    alone = dlphase.sweep(build_spec(raw, manager), tmp_path / "alone.nc", progress=False)
+    together = dlphase.sweep(build_spec({**raw, "run": {"ensemble": True}}, manager), tmp_path / "ens.nc",
+                             progress=False)
+    assert (alone["status"] == "converged").all()
+    xr.testing.assert_equal(alone["status"], together["status"])
+    # batched and single matrix products round differently in the last bit; near an accept/reject
+    # threshold that can change a step, so members are compared where the step sequence agrees
+    same = (alone["steps"] == together["steps"]) & (alone["rejected"] == together["rejected"])
+    assert same.mean() >= 0.75
+    np.testing.assert_allclose(together["f_test"].where(same).values, alone["f_test"].where(same).values,
+                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(together["test_error"].values, alone["test_error"].values, atol=0.05)
