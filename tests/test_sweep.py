@@ -19,9 +19,6 @@ from dlphase.specs import build_spec, load_spec
 from dlphase.sweep import runs_dir_for
 from tests.conftest import run_cli
 
-DATA_VARS_NOT_TIMED = None
-
-
 def assert_same_results(a: xr.Dataset, b: xr.Dataset):
     """Equal in everything but the wall time (and the creation stamp)."""
     a, b = a.drop_vars("wall_seconds"), b.drop_vars("wall_seconds")
@@ -54,7 +51,6 @@ def test_cube_schema(tiny_spec, tmp_path):
     runs = runs_dir_for(tmp_path / "cube.nc")
     assert {p.stem for p in runs.glob("*.nc")} == set(disk["run_id"].values.ravel())
     # a second sweep does nothing and gives the same cube
-    t0 = time.perf_counter()
     again = dlphase.sweep(spec, tmp_path / "cube.nc", progress=False)
     assert_same_results(cube, again)
 
@@ -81,10 +77,6 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_spec, tmp_path, ensemble)
     resumed = run_cli("sweep", tiny_spec, "-o", out, "-q", *extra)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_results(dlphase.open_cube(out), dlphase.open_cube(tmp_path / "full.nc"))
-
-
-class Exploding(dlphase.Architecture):
-    pass
 
 
 @attrs.frozen(kw_only=True)
