@@ -50,7 +50,7 @@ def main():
         again = data_cache.load(ds, 5000)
         t_hit = time.perf_counter() - t0
         assert np.array_equal(first.x_train, again.x_train) and np.array_equal(first.x_test, again.x_test)
-        print(f"full-size MNIST IDX (60000 + 10000 images), P = 5000, pca = 10, n_test = 10000, n_kernel = 2500")
+        print("full-size MNIST IDX (60000 + 10000 images), P = 5000, pca = 10, n_test = 10000, n_kernel = 2500")
         print(f"first load (read + split + PCA): {t_first:.2f} s")
         print(f"disk-cache hit:                  {t_hit:.3f} s")
         print(f"ratio first / hit:               {t_first / t_hit:.1f}x")

@@ -22,7 +22,7 @@ from typing import Any, Literal, Mapping
 import attrs
 
 from .errors import SpecError
-from .interfaces import Component, Dataset, Architecture, Dynamics, Loss, Observable
+from .interfaces import Component, Dataset, Architecture, Dynamics, Observable
 from .manager import PluginManager, get_manager
 
 GRID_DIMS = ("h", "alpha_tilde", "P", "seed")

@@ -8,7 +8,6 @@ the batch, so it costs nothing afterwards.
 from __future__ import annotations
 
 import copy
-import math
 import time
 
 import torch
@@ -22,7 +21,6 @@ def train_ensemble(flow, models, data) -> list[TrainResult]:
     start = time.perf_counter()
     x, y = data.x_train, data.y_train
     nets = [m.net for m in models]
-    names = [n for n, _ in nets[0].named_parameters()]
     params, buffers = stack_module_state(nets)
     params = {k: v.detach().clone() for k, v in params.items()}
     base = copy.deepcopy(nets[0]).to("meta")

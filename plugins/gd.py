@@ -14,11 +14,10 @@ import attrs
 import torch
 
 import dlphase
-from dlphase import Dynamics, Loss, TrainResult, param
+from dlphase import TrainResult, param
 from dlphase.specs import non_negative, positive
 
-from .losses import SoftHinge
-from .stopping import stop_reason
+from .stopping import Budgeted, stop_reason
 
 
 def _objective(model, loss, x, y, f0):
@@ -27,15 +26,11 @@ def _objective(model, loss, x, y, f0):
 
 
 @attrs.frozen(kw_only=True)
-class GD(Dynamics):
+class GD(Budgeted):
     """Full-batch gradient descent theta <- theta - lr grad (L / alpha^2)."""
 
     name: ClassVar[str] = "gd"
-    loss: Loss = param(default=attrs.Factory(SoftHinge), doc="the loss l(y f): a name or {name = ..., ...}")
-    lr: float = param(default=1.0, doc="the fixed step (learning rate)", validator=positive)
-    max_steps: int = param(default=100_000, doc="budget on steps", validator=positive)
-    max_seconds: float = param(default=math.inf, doc="wall-time budget, in seconds", validator=positive)
-    max_time: float = param(default=math.inf, doc="budget on t = lr x steps", validator=positive)
+    lr: float = param(default=1.0, doc="the fixed step (learning rate); t = lr x steps", validator=positive)
 
     def train(self, model, data):
         start = time.perf_counter()
@@ -57,11 +52,10 @@ class GD(Dynamics):
 
 
 @attrs.frozen(kw_only=True)
-class SGD(Dynamics):
+class SGD(Budgeted):
     """Minibatch SGD on L / alpha^2 with optional momentum and weight decay, its own batch seed."""
 
     name: ClassVar[str] = "sgd"
-    loss: Loss = param(default=attrs.Factory(SoftHinge), doc="the loss l(y f): a name or {name = ..., ...}")
     lr: float = param(default=0.1, doc="learning rate", validator=positive)
     batch_size: int = param(default=32, doc="minibatch size (sampled without replacement each epoch)",
                             validator=positive)
@@ -69,9 +63,6 @@ class SGD(Dynamics):
     weight_decay: float = param(default=0.0, doc="adds weight_decay theta to the gradient", validator=non_negative)
     seed: int = param(default=0, doc="seed of the minibatch order (separate from the init seed)",
                       validator=non_negative)
-    max_steps: int = param(default=100_000, doc="budget on minibatch steps", validator=positive)
-    max_seconds: float = param(default=math.inf, doc="wall-time budget, in seconds", validator=positive)
-    max_time: float = param(default=math.inf, doc="budget on t = lr x steps", validator=positive)
 
     def __attrs_post_init__(self):
         if self.momentum >= 1:

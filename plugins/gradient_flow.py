@@ -19,23 +19,17 @@ import attrs
 import torch
 
 import dlphase
-from dlphase import Dynamics, Loss, TrainResult, param
+from dlphase import TrainResult, param
 from dlphase.specs import non_negative, positive
 
-from .losses import SoftHinge
-from .stopping import stop_reason
+from .stopping import Budgeted, stop_reason
 
 
 @attrs.frozen(kw_only=True)
-class GradientFlow(Dynamics):
+class GradientFlow(Budgeted):
     """Full-batch gradient flow with the reference's adaptive time step; stops when all y f >= 1."""
 
     name: ClassVar[str] = "gradient_flow"
-    loss: Loss = param(default=attrs.Factory(SoftHinge), doc="the loss l(y f): a name or {name = ..., ...}")
-    max_steps: int = param(default=1_000_000, doc="budget on trial steps (accepted + rejected)", validator=positive)
-    max_seconds: float = param(default=math.inf, doc="wall-time budget per run, in seconds", validator=positive)
-    max_time: float = param(default=math.inf, doc="flow-time budget (the jamming line moves with it)",
-                            validator=positive)
     max_dgrad: float = param(default=1e-4, doc="accept a step only if |g'-g|^2/(|g||g'|) < max_dgrad",
                              validator=positive)
     max_dout: float = param(default=0.1, doc="accept a step only if no f(x_mu) moves by max_dout or more",

@@ -3,9 +3,28 @@ time) and divergence (non-finite outputs)."""
 
 from __future__ import annotations
 
+import math
 import time
 
+import attrs
 import torch
+
+from dlphase import Dynamics, Loss, param
+from dlphase.specs import positive
+
+from .losses import SoftHinge
+
+
+@attrs.frozen(kw_only=True)
+class Budgeted(Dynamics):
+    """The loss and the budgets that every built-in dynamics takes."""
+
+    loss: Loss = param(default=attrs.Factory(SoftHinge), doc="the loss l(y f): a name or {name = ..., ...}")
+    max_steps: int = param(default=1_000_000, doc="budget on steps (trial steps for gradient_flow)",
+                           validator=positive)
+    max_seconds: float = param(default=math.inf, doc="wall-time budget per run, in seconds", validator=positive)
+    max_time: float = param(default=math.inf, doc="flow-time budget (the jamming line moves with it)",
+                            validator=positive)
 
 
 def stop_reason(dyn, out: torch.Tensor, y: torch.Tensor, trials: int, t: float, start: float,

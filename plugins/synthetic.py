@@ -6,7 +6,6 @@ do not depend on P, and the first P training points are the same for every large
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar, Literal
 
 import attrs

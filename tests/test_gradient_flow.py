@@ -1,14 +1,10 @@
 """The adaptive gradient flow, against an independent numpy re-implementation and exact solutions."""
 
-import math
-from typing import ClassVar
-
-import attrs
 import numpy as np
 import pytest
 import torch
 
-from dlphase import AlphaModel, Architecture, TorchData
+from dlphase import AlphaModel, TorchData
 from dlphase.plugins.gradient_flow import GradientFlow
 from dlphase.plugins.losses import Hinge, SoftHinge
 

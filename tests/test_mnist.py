@@ -67,7 +67,7 @@ def test_preprocessing_fitted_on_train():
 
 
 def test_too_many_points_is_an_error():
-    from dlphase import DataError, SpecError
+    from dlphase import DataError
 
     with pytest.raises(DataError, match="lower P, n_test or n_kernel"):
         MNIST(n_test=1000).load(4002)

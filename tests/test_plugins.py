@@ -3,7 +3,6 @@
 import importlib.metadata
 import json
 import types
-import warnings
 
 import pytest
 
