@@ -17,7 +17,7 @@ import dlphase
 from dlphase import TrainResult, param
 from dlphase.specs import non_negative, positive
 
-from .stopping import Budgeted, stop_reason
+from .stopping import Budgeted, prepare, stop_reason
 
 
 def _objective(model, loss, x, y, f0):
@@ -33,11 +33,7 @@ class GD(Budgeted):
     lr: float = param(default=1.0, doc="the fixed step (learning rate); t = lr x steps", validator=positive)
 
     def train(self, model, data):
-        start = time.perf_counter()
-        params = [p for p in model.net.parameters() if p.requires_grad]
-        x, y = data.x_train, data.y_train
-        with torch.no_grad():
-            f0 = model.net0(x)
+        start, params, x, y, f0 = prepare(model, data)
         steps = 0
         while True:
             out, objective = _objective(model, self.loss, x, y, f0)
@@ -69,12 +65,8 @@ class SGD(Budgeted):
             raise ValueError(f"momentum = {self.momentum} must be below 1")
 
     def train(self, model, data):
-        start = time.perf_counter()
-        params = [p for p in model.net.parameters() if p.requires_grad]
-        x, y = data.x_train, data.y_train
+        start, params, x, y, f0 = prepare(model, data)
         P = len(x)
-        with torch.no_grad():
-            f0 = model.net0(x)
         gen = torch.Generator().manual_seed(self.seed)
         velocity = [torch.zeros_like(p) for p in params]
         steps, order, pos = 0, torch.randperm(P, generator=gen), 0

@@ -22,7 +22,7 @@ import dlphase
 from dlphase import TrainResult, param
 from dlphase.specs import non_negative, positive
 
-from .stopping import Budgeted, stop_reason
+from .stopping import Budgeted, prepare, stop_reason
 
 
 @attrs.frozen(kw_only=True)
@@ -42,11 +42,7 @@ class GradientFlow(Budgeted):
                           validator=non_negative)
 
     def train(self, model, data):
-        start = time.perf_counter()
-        params = [p for p in model.net.parameters() if p.requires_grad]
-        x, y = data.x_train, data.y_train
-        with torch.no_grad():
-            f0 = model.net0(x)
+        start, params, x, y, f0 = prepare(model, data)
         inv_alpha2 = 1.0 / model.alpha ** 2
 
         def evaluate():

@@ -27,6 +27,15 @@ class Budgeted(Dynamics):
                             validator=positive)
 
 
+def prepare(model, data):
+    """What every dynamics starts from: the clock, the trained tensors, x and y, and f~0 on x."""
+    start = time.perf_counter()
+    params = [p for p in model.net.parameters() if p.requires_grad]
+    with torch.no_grad():
+        f0 = model.net0(data.x_train)
+    return start, params, data.x_train, data.y_train, f0
+
+
 def stop_reason(dyn, out: torch.Tensor, y: torch.Tensor, trials: int, t: float, start: float,
                 steps_name: str = "steps") -> tuple[str, str] | None:
     """(status, message) if training must stop now, else None. ``dyn`` has max_steps, max_time, max_seconds."""
