@@ -38,9 +38,10 @@ class Errors(Observable):
     def measure(self, run):
         model, tensors = run.model, run.tensors
         with torch.no_grad():
-            f_train = model(tensors.x_train).cpu().numpy().astype(np.float64)
+            f_train_t = model(tensors.x_train)
+            train_loss = float(run.loss(tensors.y_train * f_train_t).mean())
+            f_train = f_train_t.cpu().numpy().astype(np.float64)
             f_test = model(tensors.x_test).cpu().numpy().astype(np.float64)
-            train_loss = float(run.loss(tensors.y_train * model(tensors.x_train)).mean())
         y_train, y_test = run.data.y_train, run.data.y_test
         margins = y_train * f_train
         return {

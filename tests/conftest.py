@@ -28,6 +28,18 @@ def manager():
     return m
 
 
+def plugin_module(name, **hooks):
+    """A module whose functions ``hooks`` are dlphase hook implementations, as a package would ship."""
+    import types
+
+    import dlphase
+
+    module = types.ModuleType(name)
+    for hook, function in hooks.items():
+        setattr(module, hook, dlphase.hookimpl(function))
+    return module
+
+
 def run_cli(*args, cwd=None, timeout=300):
     """Run the installed ``dlphase`` console script in a subprocess; returns CompletedProcess."""
     exe = Path(sys.executable).with_name("dlphase")

@@ -9,7 +9,7 @@ import pytest
 import dlphase
 from dlphase.manager import PluginManager, PluginWarning, read_registry
 from dlphase.specs import build_spec
-from tests.conftest import run_cli
+from tests.conftest import plugin_module, run_cli
 
 
 def test_registry_lists_every_builtin_and_nothing_else():
@@ -71,28 +71,17 @@ def test_broken_entry_point_warns_and_the_rest_works(monkeypatch):
 
 
 def test_plugin_raising_in_its_hook_warns(manager):
-    bad = types.ModuleType("badplugin")
-
-    @dlphase.hookimpl
     def register_datasets(register):
         raise RuntimeError("boom")
 
-    bad.register_datasets = register_datasets
-    manager.register(bad, origin="bad-dist")
+    manager.register(plugin_module("badplugin", register_datasets=register_datasets), origin="bad-dist")
     with pytest.warns(PluginWarning, match=r"'badplugin' \(bad-dist\) failed to register its dataset classes"):
         names = manager.names("dataset")
     assert "blobs" in names and "mnist" in names
 
 
 def test_registering_a_non_component_warns(manager):
-    mod = types.ModuleType("wrongplugin")
-
-    @dlphase.hookimpl
-    def register_losses(register):
-        register(dict)
-
-    mod.register_losses = register_losses
-    manager.register(mod)
+    manager.register(plugin_module("wrongplugin", register_losses=lambda register: register(dict)))
     with pytest.warns(PluginWarning, match="is not a dlphase.Loss subclass"):
         assert "mse" in manager.names("loss")
 

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 from typing import ClassVar
 
@@ -17,7 +16,7 @@ import xarray as xr
 import dlphase
 from dlphase.specs import build_spec, load_spec
 from dlphase.sweep import runs_dir_for
-from tests.conftest import run_cli
+from tests.conftest import plugin_module, run_cli
 
 def assert_same_results(a: xr.Dataset, b: xr.Dataset):
     """Equal in everything but the wall time (and the creation stamp)."""
@@ -97,14 +96,8 @@ class ExplodingFC(dlphase.Architecture):
 
 
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(manager, tmp_path):
-    mod = types.ModuleType("explodingplugin")
-
-    @dlphase.hookimpl
-    def register_architectures(register):
-        register(ExplodingFC)
-
-    mod.register_architectures = register_architectures
-    manager.register(mod)
+    manager.register(plugin_module("explodingplugin",
+                                   register_architectures=lambda register: register(ExplodingFC)))
     spec = build_spec({"dataset": {"name": "blobs"}, "architecture": {"name": "exploding"},
                        "dynamics": {"max_steps": 200},
                        "grid": {"h": [3, 5], "alpha_tilde": [1.0], "P": [30]}}, manager)
