@@ -78,7 +78,11 @@ def combine(runs: Iterable[xr.Dataset], spec: Spec) -> xr.Dataset:
     meta: dict[str, tuple[tuple[str, ...], dict]] = {}
     run_ids = np.full(shape, "", dtype=object)
     data_attrs: dict[str, str] = {}
+    own_coords: dict[str, xr.Variable] = {}
     for ds in runs:
+        for name, c in ds.coords.items():
+            if name not in GRID_DIMS:
+                own_coords.setdefault(name, c.variable)
         pos = tuple(index[k][ds[k].item()] for k in GRID_DIMS)
         run_ids[pos] = ds.attrs.get("run_id", "")
         data_attrs.update({k: v for k, v in ds.attrs.items() if k.startswith("data_")})
@@ -105,7 +109,7 @@ def combine(runs: Iterable[xr.Dataset], spec: Spec) -> xr.Dataset:
                 raise ValueError(f"variable {name!r} should depend only on {keep} but differs across runs")
             full[key], filled[key] = (v.item() if v.ndim == 0 else v), True
         variables[name] = xr.Variable(keep + own_dims, full, attrs)
-    coords = {k: xr.Variable(k, np.asarray(grid[k]), COORD_ATTRS[k]) for k in GRID_DIMS}
+    coords = {**own_coords, **{k: xr.Variable(k, np.asarray(grid[k]), COORD_ATTRS[k]) for k in GRID_DIMS}}
     cube = xr.Dataset(variables, coords=coords)
     cube.attrs.update({"title": "dlphase result cube", "spec_toml": spec.to_toml(),
                        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

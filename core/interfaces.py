@@ -123,6 +123,8 @@ class Loss(Component):
     """A per-sample loss l(m) of the margin m = y f; the training loss is L = mean_mu l(y_mu f_mu)."""
 
     kind = "loss"
+    #: the margin at which l' jumps (1 for the plain hinge), if any: integrators treat crossings there
+    kink: ClassVar[float | None] = None
 
     @abc.abstractmethod
     def __call__(self, margin: "torch.Tensor") -> "torch.Tensor":
@@ -136,8 +138,11 @@ class Dynamics(Component):
     loss: Loss
 
     @abc.abstractmethod
-    def train(self, model: "AlphaModel", data: TorchData) -> "TrainResult":
-        """Train ``model`` in place on ``data``; say why and when it stopped."""
+    def train(self, model: "AlphaModel", data: TorchData, monitor=None) -> "TrainResult":
+        """Train ``model`` in place on ``data``; say why and when it stopped. ``monitor``
+        (:class:`dlphase.trajectory.Monitor`, or None) wants ``start(model, data)`` before the first
+        step and ``observe(model, data, t, f_train, loss)`` after each (it records only when a
+        checkpoint is due)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -160,6 +165,10 @@ class Observable(Component):
     kind = "observable"
     variables: ClassVar[Mapping[str, Variable]] = {}
 
+    def coords(self) -> Mapping[str, Any]:
+        """Coordinates of this observable's own dims, where they have values (``time``, say)."""
+        return {}
+
     @abc.abstractmethod
     def measure(self, run: "RunState") -> Mapping[str, Any]:
         """Values for (a subset of) ``variables``: scalars or arrays shaped by each one's ``dims``."""
@@ -175,3 +184,4 @@ class RunState:
     result: "TrainResult"
     loss: Loss
     point: Mapping[str, Any]
+    monitor: Any = None  # the run's dlphase.trajectory.Monitor, when an observable asked for checkpoints

@@ -16,6 +16,7 @@ from .interfaces import Data, RunState, TorchData, Variable
 from .model import AlphaModel, alpha_of
 from .results import TrainResult
 from .specs import GRID_DIMS, Spec
+from .trajectory import Monitor
 
 #: Variables every run records, whatever its observables.
 RUN_VARIABLES = {
@@ -56,6 +57,8 @@ class Run:
         self.device = torch.device(spec.run.device)
         self.id = spec.run_id(self.point)
         self.result: TrainResult | None = None
+        times = [obs.checkpoints() for obs in spec.observables if hasattr(obs, "checkpoints")]
+        self.monitor = Monitor(times[0]) if times else None
 
     @property
     def alpha(self) -> float:
@@ -78,16 +81,21 @@ class Run:
 
     def train(self) -> xr.Dataset:
         """Train with the spec's dynamics and measure every observable; the point's Dataset."""
-        self.result = self.spec.dynamics.train(self.model, self.tensors)
+        if self.monitor is None:
+            self.result = self.spec.dynamics.train(self.model, self.tensors)
+        else:
+            self.result = self.spec.dynamics.train(self.model, self.tensors, monitor=self.monitor)
         return self.record()
 
     def record(self) -> xr.Dataset:
         """The point's Dataset from the current model and ``self.result``."""
         state = RunState(model=self.model, data=self.data, tensors=self.tensors, result=self.result,
-                         loss=self.spec.dynamics.loss, point=self.point)
+                         loss=self.spec.dynamics.loss, point=self.point, monitor=self.monitor)
         values: dict[str, Any] = {}
         schema: dict[str, Variable] = {}
+        coords: dict[str, Any] = {}
         for obs in self.spec.observables:
+            coords.update(obs.coords())
             measured = obs.measure(state)
             for key, value in measured.items():
                 if key not in obs.variables:
@@ -96,12 +104,13 @@ class Run:
                     raise RuntimeError(f"two observables produce the variable {key!r}")
                 values[key] = value
                 schema[key] = obs.variables[key]
-        return point_dataset(self.point, self.id, self.result, values, schema, self.data.attrs)
+        return point_dataset(self.point, self.id, self.result, values, schema, self.data.attrs, coords)
 
 
 def point_dataset(point: Mapping[str, Any], run_id: str, result: TrainResult,
                   values: Mapping[str, Any], schema: Mapping[str, Variable],
-                  data_attrs: Mapping[str, Any] | None = None) -> xr.Dataset:
+                  data_attrs: Mapping[str, Any] | None = None,
+                  coords: Mapping[str, Any] | None = None) -> xr.Dataset:
     """Assemble one run's variables (no grid dims; grid values as scalar coordinates)."""
     run_values = {"status": result.status, "message": result.message, "steps": result.steps,
                   "rejected": result.rejected, "t": result.t, "wall_seconds": result.wall_seconds}
@@ -115,7 +124,7 @@ def point_dataset(point: Mapping[str, Any], run_id: str, result: TrainResult,
         if var.over is not None:
             attrs["over"] = " ".join(var.over)
         variables[key] = xr.Variable(var.dims, arr, attrs)
-    ds = xr.Dataset(variables, coords={k: point[k] for k in GRID_DIMS})
+    ds = xr.Dataset(variables, coords={**{k: point[k] for k in GRID_DIMS}, **(coords or {})})
     ds.attrs["run_id"] = run_id
     for key, value in (data_attrs or {}).items():
         ds.attrs[f"data_{key}"] = str(value)
@@ -175,7 +184,10 @@ def execute_group(spec: Spec, points: list[Mapping[str, Any]]) -> list[xr.Datase
     runs = [Run(spec, **p) for p in points]
     try:
         tensors = runs[0].tensors
-        results = spec.dynamics.train_ensemble([r.model for r in runs], tensors)
+        if runs[0].monitor is None:
+            results = spec.dynamics.train_ensemble([r.model for r in runs], tensors)
+        else:
+            results = spec.dynamics.train_ensemble([r.model for r in runs], tensors, [r.monitor for r in runs])
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:

@@ -8,6 +8,8 @@ silently turns ``pca = 10.7`` into 10 and ``"10"`` into 10; here a value of the 
 
 from __future__ import annotations
 
+import inspect
+
 import copy
 import hashlib
 import itertools
@@ -305,6 +307,12 @@ def build_spec(raw: Mapping[str, Any], manager: PluginManager | None = None) -> 
         architecture.check(dataset)
     except ValueError as exc:
         raise SpecError(f"architecture: {exc}") from None
+    tracked = [o.name for o in observables if hasattr(o, "checkpoints")]
+    if len(tracked) > 1:
+        raise SpecError(f"observables {tracked} each set checkpoints; keep one of them")
+    if tracked and "monitor" not in inspect.signature(dynamics.train).parameters:
+        raise SpecError(f"observable {tracked[0]!r} records along the flow, but dynamics {dynamics.name!r} "
+                        f"takes no monitor; drop {tracked[0]!r} or use a dynamics that records checkpoints")
     limit = dataset.max_train()
     if limit is not None and max(grid.P) > limit:
         raise SpecError(f"grid.P = {max(grid.P)} is larger than the {limit} training points dataset "

@@ -19,8 +19,30 @@ def swish(z: torch.Tensor) -> torch.Tensor:
     return SWISH_SCALE * z * torch.sigmoid(SWISH_BETA * z)
 
 
+def swish_grad(z: torch.Tensor) -> torch.Tensor:
+    """d swish / dz = C (s + 10 z s (1 - s)) with s = sigmoid(10 z)."""
+    s = torch.sigmoid(SWISH_BETA * z)
+    return SWISH_SCALE * (s + SWISH_BETA * z * s * (1 - s))
+
+
+def relu_grad(z: torch.Tensor) -> torch.Tensor:
+    """1 where z > 0, else 0 (torch's convention at 0)."""
+    return (z > 0).to(z.dtype)
+
+
+def tanh_grad(z: torch.Tensor) -> torch.Tensor:
+    return 1 - torch.tanh(z) ** 2
+
+
 ACTIVATIONS = {
     "swish": swish,
     "relu": torch.relu,
     "tanh": torch.tanh,
+}
+
+#: sigma' for the hand-written backward passes of the batched nets (checked against autograd in the tests).
+DERIVATIVES = {
+    "swish": swish_grad,
+    "relu": relu_grad,
+    "tanh": tanh_grad,
 }

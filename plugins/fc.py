@@ -16,11 +16,82 @@ import dlphase
 from dlphase import Architecture, param
 from dlphase.specs import positive
 
-from .activations import ACTIVATIONS
+from dlphase.ensemble import EnsembleNet
+
+from .activations import ACTIVATIONS, DERIVATIVES
+
+
+class FCEnsemble(EnsembleNet):
+    """M fc nets by batched matrix products, with a hand-written backward pass.
+
+    Layer i computes a_i = (z_{i-1} W_i^T) s_i + B_i for every member at once; the backward pass
+    contracts the cotangents layer by layer, so a step costs a few bmm calls whatever M is.
+    """
+
+    def __init__(self, nets):
+        super().__init__(nets)
+        net = nets[0]
+        self.scales = list(net.scales)
+        self.sigma, self.dsigma = ACTIVATIONS[net.activation], DERIVATIVES[net.activation]
+        self.n_layers = len(self.scales)
+
+    def layers(self, params):
+        """(weights (M, n_out, n_in) per layer, biases (M, n_out) per hidden layer or None)."""
+        L = self.n_layers
+        return list(params[:L]), (list(params[L:]) if len(params) > L else None)
+
+    def join(self, gw, gb):
+        """Gradients in ``params`` order from per-layer weight and bias gradients."""
+        return gw + (gb or [])
+
+    def forward(self, params, x, grad=False):
+        ws, bs = self.layers(params)
+        z = x.flatten(1)
+        cache, pre = [z], []
+        for i, (w, s) in enumerate(zip(ws, self.scales)):
+            if i > 0:
+                z = self.sigma(pre[-1])
+                cache.append(z)
+            if w.shape[1] == 1:   # the read-out: a per-row dot product, the same kernel whatever M is
+                a = (z * w).sum(-1, keepdim=True) * s
+            else:
+                a = torch.bmm(z.expand(len(w), *z.shape) if z.dim() == 2 else z, w.transpose(1, 2)) * s
+            if bs is not None and i < self.n_layers - 1:
+                a = a + bs[i][:, None, :]
+            pre.append(a)
+        return a[..., 0], ((cache, pre) if grad else None)
+
+    def slopes(self, ctx):
+        """sigma'(a_i) of every hidden layer, (M, n, h) each."""
+        return [self.dsigma(a) for a in ctx[1][:-1]]
+
+    def backward(self, params, ctx, dout, slopes=None):
+        ws, bs = self.layers(params)
+        cache, pre = ctx
+        gw, gb = [None] * self.n_layers, [None] * (self.n_layers - 1)
+        delta = dout[..., None] * self.scales[-1]                      # (M, n, 1)
+        for i in range(self.n_layers - 1, -1, -1):
+            z = cache[i]
+            if z.dim() == 2:                                            # the shared input
+                gw[i] = torch.matmul(delta.transpose(1, 2), z)
+            else:
+                gw[i] = torch.bmm(delta.transpose(1, 2), z)
+            if i == 0:
+                break
+            if ws[i].shape[1] == 1:
+                dz = delta * ws[i]                                      # outer product, (M, n, h)
+            else:
+                dz = torch.bmm(delta, ws[i])
+            da = dz * (self.dsigma(pre[i - 1]) if slopes is None else slopes[i - 1])
+            gb[i - 1] = da.sum(1)
+            delta = da * self.scales[i - 1]
+        return self.join(gw, gb if bs is not None else None)
 
 
 class FCNet(torch.nn.Module):
     """L hidden layers of width h; inputs are flattened; output shape (n,)."""
+
+    ensemble_class = FCEnsemble
 
     def __init__(self, d: int, h: int, depth: int, activation: str, bias: bool, generator: torch.Generator):
         super().__init__()
@@ -32,6 +103,7 @@ class FCNet(torch.nn.Module):
             torch.nn.Parameter(torch.randn(n_out, generator=generator, dtype=torch.float64))
             for n_out in sizes[1:-1]) if bias else None
         self.scales = [1 / math.sqrt(n_in) for n_in in sizes[:-1]]
+        self.activation = activation
         self.sigma = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -32,11 +32,15 @@ class GD(Budgeted):
     name: ClassVar[str] = "gd"
     lr: float = param(default=1.0, doc="the fixed step (learning rate); t = lr x steps", validator=positive)
 
-    def train(self, model, data):
+    def train(self, model, data, monitor=None):
         start, params, x, y, f0 = prepare(model, data)
+        if monitor is not None:
+            monitor.start(model, data)
         steps = 0
         while True:
             out, objective = _objective(model, self.loss, x, y, f0)
+            if monitor is not None:
+                monitor.observe(model, data, steps * self.lr, out.detach(), self.loss)
             stop = stop_reason(self, out.detach(), y, steps, steps * self.lr, start)
             if stop:
                 return TrainResult(status=stop[0], message=stop[1], steps=steps, t=steps * self.lr,
@@ -64,17 +68,21 @@ class SGD(Budgeted):
         if self.momentum >= 1:
             raise ValueError(f"momentum = {self.momentum} must be below 1")
 
-    def train(self, model, data):
+    def train(self, model, data, monitor=None):
         start, params, x, y, f0 = prepare(model, data)
+        if monitor is not None:
+            monitor.start(model, data)
         P = len(x)
         gen = torch.Generator().manual_seed(self.seed)
         velocity = [torch.zeros_like(p) for p in params]
         steps, order, pos = 0, torch.randperm(P, generator=gen), 0
         epoch = max(1, math.ceil(P / self.batch_size))
         while True:
-            if steps % epoch == 0:  # the full-batch stop rules, once an epoch
+            if steps % epoch == 0:  # the full-batch stop rules (and checkpoints), once an epoch
                 with torch.no_grad():
                     out = model.f_from(x, f0)
+                if monitor is not None:
+                    monitor.observe(model, data, steps * self.lr, out, self.loss)
                 stop = stop_reason(self, out, y, steps, steps * self.lr, start)
                 if stop:
                     return TrainResult(status=stop[0], message=stop[1], steps=steps, t=steps * self.lr,

@@ -18,6 +18,7 @@ class Hinge(Loss):
     """max(0, Delta): the plain hinge; its gradient jumps where a margin crosses 1."""
 
     name: ClassVar[str] = "hinge"
+    kink: ClassVar[float] = 1.0
 
     def __call__(self, margin):
         return torch.relu(1 - margin)

@@ -16,15 +16,32 @@ import dlphase
 from dlphase import Architecture, param
 
 from .activations import ACTIVATIONS
+from .fc import FCEnsemble
+
+
+class MeanFieldEnsemble(FCEnsemble):
+    """M mean-field nets through the fc batched kernels: weights (W1, W2 as a 1 x h matrix), bias B."""
+
+    def layers(self, params):
+        w1, *rest = params
+        b, w2 = rest if len(rest) == 2 else (None, rest[0])
+        return [w1, w2[:, None, :]], (None if b is None else [b])
+
+    def join(self, gw, gb):
+        return [gw[0]] + (gb or []) + [gw[1][:, 0, :]]
 
 
 class MeanFieldNet(torch.nn.Module):
+    ensemble_class = MeanFieldEnsemble
+
     def __init__(self, d: int, h: int, activation: str, bias: bool, generator: torch.Generator):
         super().__init__()
         self.w1 = torch.nn.Parameter(torch.randn(h, d, generator=generator, dtype=torch.float64))
         self.b = torch.nn.Parameter(torch.randn(h, generator=generator, dtype=torch.float64)) if bias else None
         self.w2 = torch.nn.Parameter(torch.randn(h, generator=generator, dtype=torch.float64))
         self.d, self.h = d, h
+        self.scales = [1 / math.sqrt(d), 1 / h]
+        self.activation = activation
         self.sigma = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

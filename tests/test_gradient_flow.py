@@ -24,16 +24,21 @@ def data(x, y):
     return TorchData(x_train=x, y_train=y, x_test=x, y_test=y)
 
 
-def test_hinge_on_one_point_is_exact():
+@pytest.mark.parametrize("rule", ["reference", "robust"])
+def test_hinge_on_one_point_is_exact(rule):
     """f~ = w x, x = 1, y = 1, hinge: f(t) = t exactly, so the flow stops at the first step with f >= 1."""
     model = AlphaModel(Linear([0.3]), alpha=2.0)
-    res = GradientFlow(loss=Hinge()).train(model, data([[1.0]], [1.0]))
+    res = GradientFlow(loss=Hinge(), rule=rule).train(model, data([[1.0]], [1.0]))
     assert res.status == "converged"
     f = float(model(torch.ones(1, 1, dtype=torch.float64)).detach())
     assert f == pytest.approx(res.t, rel=1e-12)  # f = t along the flow
     assert 1.0 <= f < 1.1
-    # first trials: dt = 1 moves f by 1 (rejected), dt = 0.1 by 0.1 (rejected: strict <), dt = 0.01 accepted
-    assert res.rejected == 2
+    if rule == "reference":
+        # dt = 1 moves f by 1 (rejected), dt = 0.1 by 0.1 (rejected: strict <), dt = 0.01 accepted
+        assert res.rejected == 2
+    else:
+        # dt = 1: err = dout / max_dout = 10, rejected; dt = 0.09 accepted, then dt grows by 1.2 per step
+        assert res.rejected == 1 and res.steps < 15
 
 
 def reference_scheme(w0, x, y, alpha, beta, max_dgrad=1e-4, max_dout=0.1, max_steps=10**6):
@@ -69,7 +74,7 @@ def test_matches_independent_implementation():
     alpha = 0.7
     w_ref, t_ref, steps_ref, rej_ref = reference_scheme(w0, x, y, alpha, beta=20.0)
     model = AlphaModel(Linear(w0), alpha=alpha)
-    res = GradientFlow(loss=SoftHinge(beta=20.0)).train(model, data(x, y))
+    res = GradientFlow(loss=SoftHinge(beta=20.0), rule="reference").train(model, data(x, y))
     assert res.status == "converged"
     assert (res.steps, res.rejected) == (steps_ref, rej_ref)
     assert res.t == pytest.approx(t_ref, rel=1e-10)

@@ -1,0 +1,79 @@
+"""M nets of one architecture and width as one batched computation over stacked parameters.
+
+``params[i]`` stacks the members' i-th parameter (in ``net.parameters()`` order) along a leading
+dim M. ``forward`` gives the outputs f~ of every member, shape (M, n); ``backward`` gives, for
+output cotangents dout (M, n), every member's gradient sum_mu dout[m, mu] grad f~_m(x_mu). Each
+member's numbers depend only on its own parameters, so a member trained in an ensemble follows the
+same trajectory as alone (a single run is an ensemble of one).
+
+The generic class works for any module through torch.func.vmap; architectures give faster ones by
+setting ``ensemble_class`` on their module class (see ``dlphase.plugins.fc``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+import torch
+
+
+class EnsembleNet:
+    """Batched forward and backward of M nets over stacked parameters (generic: torch.func.vmap)."""
+
+    def __init__(self, nets: Sequence[torch.nn.Module]):
+        self.template = nets[0]
+        self.names = [name for name, _ in nets[0].named_parameters()]
+
+    def stack(self, nets: Sequence[torch.nn.Module]) -> list[torch.Tensor]:
+        """The members' parameters as stacked tensors (copies)."""
+        return [torch.stack([p.detach() for p in ps]) for ps in zip(*(n.parameters() for n in nets))]
+
+    def unstack(self, params: Sequence[torch.Tensor], j: int, net: torch.nn.Module) -> None:
+        """Copy member ``j`` of ``params`` into ``net``'s parameters."""
+        with torch.no_grad():
+            for p, v in zip(net.parameters(), params):
+                p.copy_(v[j])
+
+    def forward(self, params: Sequence[torch.Tensor], x: torch.Tensor, grad: bool = False) -> tuple[torch.Tensor, Any]:
+        """Outputs (M, n); with ``grad`` also a context for :meth:`backward`."""
+        from torch.func import functional_call, vmap
+
+        if not hasattr(self, "_base"):
+            self._base = copy.deepcopy(self.template).to("meta")
+        names = self.names
+
+        def one(*ps):
+            return functional_call(self._base, dict(zip(names, ps)), (x,))
+
+        if not grad:
+            with torch.no_grad():
+                return vmap(one)(*params), None
+        leaves = [p.detach().requires_grad_(True) for p in params]
+        with torch.enable_grad():
+            out = vmap(one)(*leaves)
+        return out.detach(), (leaves, out)
+
+    def slopes(self, ctx: Any) -> list[torch.Tensor] | None:
+        """The activation slopes sigma'(a) of a forward pass, each with leading dim M, or None if this
+        class cannot give them. :meth:`backward` can take another pass's slopes: the gradient with the
+        activation pattern frozen, which integrators use to see past relu kinks."""
+        return None
+
+    def backward(self, params: Sequence[torch.Tensor], ctx: Any, dout: torch.Tensor,
+                 slopes: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Each member's sum_mu dout[m, mu] grad f~_m(x_mu), stacked like ``params``. Reusable: the
+        same context takes several cotangents."""
+        if slopes is not None:
+            raise NotImplementedError(f"{type(self).__name__} cannot freeze activation slopes")
+        leaves, out = ctx
+        return list(torch.autograd.grad(out, leaves, dout, retain_graph=True))
+
+
+def ensemble_of(nets: Sequence[torch.nn.Module]) -> EnsembleNet:
+    """The batched form of ``nets`` (one architecture and width): the module's own ``ensemble_class``
+    when it has one, else the generic vmap one."""
+    if len({type(n) for n in nets}) != 1:
+        raise ValueError("an ensemble needs nets of one architecture")
+    cls = getattr(type(nets[0]), "ensemble_class", EnsembleNet)
+    return cls(nets)
