@@ -25,6 +25,11 @@ class EnsembleNet:
         self.template = nets[0]
         self.names = [name for name, _ in nets[0].named_parameters()]
 
+    def elements_per_member(self, n: int) -> int:
+        """Size of one member's widest activation on n inputs (sets how many members share a pass).
+        Generic guess: n sqrt(N); subclasses that know their layers say exactly."""
+        return int(n * sum(p.numel() for p in self.template.parameters()) ** 0.5)
+
     def stack(self, nets: Sequence[torch.nn.Module]) -> list[torch.Tensor]:
         """The members' parameters as stacked tensors (copies)."""
         return [torch.stack([p.detach() for p in ps]) for ps in zip(*(n.parameters() for n in nets))]
@@ -68,6 +73,23 @@ class EnsembleNet:
             raise NotImplementedError(f"{type(self).__name__} cannot freeze activation slopes")
         leaves, out = ctx
         return list(torch.autograd.grad(out, leaves, dout, retain_graph=True))
+
+
+#: on a CPU, members per pass are chosen so that one activation tensor holds about this many numbers:
+#: measured on 2 cores (benchmarks/train.py), wider passes fall out of cache and run slower per member
+CPU_ELEMENTS_PER_PASS = 300_000
+
+
+def members_per_pass(elements_per_member: int, dtype: torch.dtype, device: torch.device | str,
+                     limit: int = 1024) -> int:
+    """How many members to integrate in one batched pass: on a CPU, what fits in cache; on a GPU, a
+    quarter of the free memory for about 16 activation-sized tensors per member."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        per = 16 * elements_per_member * torch.finfo(dtype).bits // 8
+        return int(max(1, min(limit, free // 4 // max(per, 1))))
+    return int(max(1, min(limit, CPU_ELEMENTS_PER_PASS // max(elements_per_member, 1))))
 
 
 def ensemble_of(nets: Sequence[torch.nn.Module]) -> EnsembleNet:

@@ -86,8 +86,9 @@ class RunOptions:
 
     dtype: Literal["float64", "float32"] = param(default="float64", doc="float64 (default, as the reference) or float32")
     device: str = param(default="cpu", doc="torch device: cpu, cuda, cuda:1, ...")
-    ensemble: bool = param(default=False, doc="experimental: train the runs that share h and P (all seeds and "
-                                              "alpha_tilde) as one batched ensemble (gradient_flow only)")
+    ensemble: bool = param(default=True, doc="train the runs that share h and P (all seeds and alpha_tilde) as "
+                                             "batched ensembles (dynamics with train_ensemble: gradient_flow); "
+                                             "results equal those of runs made alone")
 
     @device.validator
     def _check_device(self, attribute, value):

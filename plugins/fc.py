@@ -35,6 +35,9 @@ class FCEnsemble(EnsembleNet):
         self.sigma, self.dsigma = ACTIVATIONS[net.activation], DERIVATIVES[net.activation]
         self.n_layers = len(self.scales)
 
+    def elements_per_member(self, n):
+        return n * max(w.shape[1] for w in self.template.parameters() if w.dim() == 2)
+
     def layers(self, params):
         """(weights (M, n_out, n_in) per layer, biases (M, n_out) per hidden layer or None)."""
         L = self.n_layers

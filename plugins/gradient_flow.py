@@ -20,6 +20,8 @@ import dlphase
 from dlphase import param
 from dlphase.specs import non_negative, positive
 
+from dlphase.ensemble import ensemble_of, members_per_pass
+
 from .ensemble_flow import train_ensemble
 from .stopping import Budgeted
 
@@ -50,8 +52,16 @@ class GradientFlow(Budgeted):
         return self.train_ensemble([model], data, [monitor])[0]
 
     def train_ensemble(self, models, data, monitors=None):
-        """Train several members of one architecture and width together (see ensemble_flow.py)."""
-        return train_ensemble(self, models, data, monitors)
+        """Train several members of one architecture and width together (see ensemble_flow.py), in
+        passes of as many members as memory (GPU) or cache (CPU) serves well."""
+        monitors = list(monitors) if monitors is not None else [None] * len(models)
+        net = ensemble_of([models[0].net])
+        size = members_per_pass(net.elements_per_member(len(data.x_train)), data.x_train.dtype,
+                                data.x_train.device)
+        results = []
+        for i in range(0, len(models), size):
+            results += train_ensemble(self, models[i:i + size], data, monitors[i:i + size])
+        return results
 
 
 @dlphase.hookimpl
