@@ -44,7 +44,7 @@ def throughput(h, trials, device):
     spec = spec_for(h, 2.0 ** 20, trials, device)
     flow = spec.dynamics
     runs, models, data = members(spec)
-    flow.train(members(spec)[1][0], data)  # warm-up
+    flow.train(Run(spec, **spec.grid.points()[0]).model, data)  # warm-up: one net
     sync(device)
     t0 = time.perf_counter()
     alone = [flow.train(m, data) for m in models]

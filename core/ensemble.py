@@ -21,6 +21,9 @@ import torch
 class EnsembleNet:
     """Batched forward and backward of M nets over stacked parameters (generic: torch.func.vmap)."""
 
+    #: whether sigma' jumps (relu): integrators then freeze the slopes of :meth:`slopes` past kinks
+    kinked: bool = False
+
     def __init__(self, nets: Sequence[torch.nn.Module]):
         self.template = nets[0]
         self.names = [name for name, _ in nets[0].named_parameters()]

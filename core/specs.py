@@ -8,10 +8,9 @@ silently turns ``pca = 10.7`` into 10 and ``"10"`` into 10; here a value of the 
 
 from __future__ import annotations
 
-import inspect
-
 import copy
 import hashlib
+import inspect
 import itertools
 import json
 import math

@@ -53,10 +53,9 @@ class Monitor:
             return
         with torch.no_grad():
             margins = data.y_train * f_train
-            disp = math.sqrt(sum(float((p - p0).square().sum())
-                                 for p, p0 in zip(model.net.parameters(), model.net0.parameters())))
             self.record(t=t, train_loss=float(loss(margins).mean()), n_delta=int((margins < 1).sum()),
-                        f_test=model.alpha * (model.net(data.x_test) - self.f0_test), displacement=disp)
+                        f_test=model.alpha * (model.net(data.x_test) - self.f0_test),
+                        displacement=model.displacement())
 
     def finish(self) -> None:
         """Nothing to flush: checkpoints after the stop stay NaN."""

@@ -14,11 +14,16 @@ import torch
 
 import dlphase
 from dlphase import Architecture, param
+from dlphase.ensemble import EnsembleNet
 from dlphase.specs import positive
 
-from dlphase.ensemble import EnsembleNet
-
 from .activations import ACTIVATIONS, DERIVATIVES
+
+
+def _per_member(z, M):
+    """The shared input (n, d) as an (M, n, d) view, so that every product is one bmm whatever M is
+    (a 2-d operand would let torch.matmul fold M into one gemm, whose rounding depends on M)."""
+    return z.expand(M, *z.shape) if z.dim() == 2 else z
 
 
 class FCEnsemble(EnsembleNet):
@@ -34,6 +39,7 @@ class FCEnsemble(EnsembleNet):
         self.scales = list(net.scales)
         self.sigma, self.dsigma = ACTIVATIONS[net.activation], DERIVATIVES[net.activation]
         self.n_layers = len(self.scales)
+        self.kinked = net.activation == "relu"
 
     def elements_per_member(self, n):
         return n * max(w.shape[1] for w in self.template.parameters() if w.dim() == 2)
@@ -58,7 +64,7 @@ class FCEnsemble(EnsembleNet):
             if w.shape[1] == 1:   # the read-out: a per-row dot product, the same kernel whatever M is
                 a = (z * w).sum(-1, keepdim=True) * s
             else:
-                a = torch.bmm(z.expand(len(w), *z.shape) if z.dim() == 2 else z, w.transpose(1, 2)) * s
+                a = torch.bmm(_per_member(z, len(w)), w.transpose(1, 2)) * s
             if bs is not None and i < self.n_layers - 1:
                 a = a + bs[i][:, None, :]
             pre.append(a)
@@ -74,11 +80,7 @@ class FCEnsemble(EnsembleNet):
         gw, gb = [None] * self.n_layers, [None] * (self.n_layers - 1)
         delta = dout[..., None] * self.scales[-1]                      # (M, n, 1)
         for i in range(self.n_layers - 1, -1, -1):
-            z = cache[i]
-            if z.dim() == 2:                                            # the shared input
-                gw[i] = torch.matmul(delta.transpose(1, 2), z)
-            else:
-                gw[i] = torch.bmm(delta.transpose(1, 2), z)
+            gw[i] = torch.bmm(delta.transpose(1, 2), _per_member(cache[i], len(delta)))
             if i == 0:
                 break
             if ws[i].shape[1] == 1:

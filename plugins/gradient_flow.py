@@ -18,9 +18,8 @@ import attrs
 
 import dlphase
 from dlphase import param
-from dlphase.specs import non_negative, positive
-
 from dlphase.ensemble import ensemble_of, members_per_pass
+from dlphase.specs import non_negative, positive
 
 from .ensemble_flow import train_ensemble
 from .stopping import Budgeted
@@ -28,7 +27,7 @@ from .stopping import Budgeted
 
 @attrs.frozen(kw_only=True)
 class GradientFlow(Budgeted):
-    """Full-batch gradient flow with the reference's adaptive time step; stops when all y f >= 1."""
+    """Full-batch gradient flow by adaptive Euler steps (robust or reference rule); stops when all y f >= 1."""
 
     name: ClassVar[str] = "gradient_flow"
     rule: Literal["robust", "reference"] = param(
