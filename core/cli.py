@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from .errors import DlphaseError
+from .results import STATUSES
 
 SET_HELP = "override a spec value, e.g. --set grid.h=100 or --set dataset.pca=5 (repeatable)"
 
@@ -110,7 +111,7 @@ def sweep(spec_path, output, workers, overrides, retry_failed, quiet):
     _check_suffix(output, (".nc",))
     spec = _spec(spec_path, overrides)
     cube = run_sweep(spec, output, workers=workers, retry_failed=retry_failed, progress=not quiet)
-    counts = {s: int((cube["status"] == s).sum()) for s in ("converged", "budget", "diverged", "failed")}
+    counts = {s: int((cube["status"] == s).sum()) for s in STATUSES}
     click.echo(", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" -> {output}")
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from .interfaces import Data, Dataset
 
 VERSION = 1
-FIELDS = ("x_train", "y_train", "x_test", "y_test", "x_kernel", "y_kernel",
+FIELDS = ("x_train", "y_train", "x_test", "y_test", "x_kernel", "y_kernel", "x_val", "y_val",
           "classes_train", "classes_test", "classes_kernel")
 
 
@@ -33,20 +33,27 @@ def cache_dir() -> Path | None:
     return Path(base) / "dlphase" / "data"
 
 
-def cache_key(dataset: Dataset, P: int) -> str:
+def cache_key(dataset: Dataset, P: int, n_validation: int = 0) -> str:
     from .specs import component_to_dict
 
     ident = {"class": f"{type(dataset).__module__}:{type(dataset).__qualname__}", "spec": component_to_dict(dataset),
              "P": P, "token": dataset.cache_token(), "version": VERSION}
+    if n_validation:
+        ident["n_validation"] = n_validation
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=repr).encode()).hexdigest()[:24]
 
 
-def load(dataset: Dataset, P: int) -> Data:
-    """``dataset.load(P)``, through the disk cache where the dataset allows it."""
+def _compute(dataset: Dataset, P: int, n_validation: int) -> Data:
+    return dataset.load_validation(P, n_validation) if n_validation else dataset.load(P)
+
+
+def load(dataset: Dataset, P: int, n_validation: int = 0) -> Data:
+    """``dataset.load(P)`` (``load_validation`` with a validation set), through the disk cache where the
+    dataset allows it."""
     folder = cache_dir()
     if folder is None or not dataset.cacheable:
-        return dataset.load(P)
-    path = folder / f"{dataset.name}-{cache_key(dataset, P)}.npz"
+        return _compute(dataset, P, n_validation)
+    path = folder / f"{dataset.name}-{cache_key(dataset, P, n_validation)}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -55,7 +62,7 @@ def load(dataset: Dataset, P: int) -> Data:
             return Data(**arrays, attrs=attrs)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # unreadable entry: recompute and overwrite it
-    data = dataset.load(P)
+    data = _compute(dataset, P, n_validation)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)

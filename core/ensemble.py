@@ -95,6 +95,29 @@ def members_per_pass(elements_per_member: int, dtype: torch.dtype, device: torch
     return int(max(1, min(limit, CPU_ELEMENTS_PER_PASS // max(elements_per_member, 1))))
 
 
+def stacked(models, x: torch.Tensor):
+    """What every batched engine starts from, for AlphaModels of one architecture and width: the
+    batched net, the stacked parameters theta, a copy theta_0, the members' alpha (M,) and f~0 on x (M, n)."""
+    net = ensemble_of([m.net for m in models])
+    params = net.stack([m.net for m in models])
+    alpha = torch.tensor([m.alpha for m in models], dtype=x.dtype, device=x.device)
+    with torch.no_grad():
+        f0, _ = net.forward(params, x)
+    return net, params, [p.clone() for p in params], alpha, f0
+
+
+def in_passes(train_pass, models, data, monitors=None) -> list:
+    """Train ``models`` by ``train_pass(models, monitors)`` in passes of :func:`members_per_pass` members;
+    the results in order."""
+    monitors = list(monitors) if monitors is not None else [None] * len(models)
+    net = ensemble_of([models[0].net])
+    size = members_per_pass(net.elements_per_member(len(data.x_train)), data.x_train.dtype, data.x_train.device)
+    results = []
+    for i in range(0, len(models), size):
+        results += train_pass(models[i:i + size], monitors[i:i + size])
+    return results
+
+
 def ensemble_of(nets: Sequence[torch.nn.Module]) -> EnsembleNet:
     """The batched form of ``nets`` (one architecture and width): the module's own ``ensemble_class``
     when it has one, else the generic vmap one."""

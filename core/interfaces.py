@@ -25,7 +25,8 @@ class Data:
     """Arrays of one dataset at one P: inputs ``x_*`` (n, ...) and labels ``y_*`` = +-1 (n,).
 
     The kernel set (``x_kernel``, ``y_kernel``) is a fixed set of points, disjoint from the training
-    set, for kernel observables. ``classes_*`` keeps the original class of each point (multi-class
+    set, for kernel observables. The validation set (``x_val``, ``y_val``), disjoint from the others,
+    serves early stopping. ``classes_*`` keeps the original class of each point (multi-class
     labels) where one exists; ``attrs`` holds provenance for the cube's attributes.
     """
 
@@ -35,13 +36,15 @@ class Data:
     y_test: np.ndarray
     x_kernel: np.ndarray | None = None
     y_kernel: np.ndarray | None = None
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
     classes_train: np.ndarray | None = None
     classes_test: np.ndarray | None = None
     classes_kernel: np.ndarray | None = None
     attrs: Mapping[str, Any] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self):
-        for split in ("train", "test", "kernel"):
+        for split in ("train", "test", "kernel", "val"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if x is None and y is None:
                 continue
@@ -66,7 +69,9 @@ class Data:
             return torch.as_tensor(np.asarray(a), dtype=dtype, device=device)
 
         return TorchData(x_train=t(self.x_train), y_train=t(self.y_train),
-                         x_test=t(self.x_test), y_test=t(self.y_test))
+                         x_test=t(self.x_test), y_test=t(self.y_test),
+                         x_val=None if self.x_val is None else t(self.x_val),
+                         y_val=None if self.y_val is None else t(self.y_val))
 
 
 @attrs.frozen(kw_only=True, eq=False)
@@ -77,6 +82,8 @@ class TorchData:
     y_train: "torch.Tensor"
     x_test: "torch.Tensor"
     y_test: "torch.Tensor"
+    x_val: "torch.Tensor | None" = None
+    y_val: "torch.Tensor | None" = None
 
 
 class Component(abc.ABC):
@@ -96,6 +103,28 @@ class Dataset(Component):
     @abc.abstractmethod
     def load(self, P: int) -> Data:
         """P training points and the test set. The test set must not depend on P."""
+
+    def load_validation(self, P: int, n_validation: int) -> Data:
+        """``load(P)`` plus ``n_validation`` validation points (``x_val``, ``y_val``) for early stopping.
+
+        This default asks ``load`` for P + n_validation points and holds out n_validation of them,
+        balanced between the labels (a fixed draw), so preprocessing fitted on the training points also
+        saw the validation inputs. Datasets that fit maps on the training split override it (image data).
+        """
+        full = self.load(P + n_validation)
+        rng = np.random.default_rng([P, n_validation, 3])
+        y = np.asarray(full.y_train)
+        pos, neg = (rng.permutation(np.flatnonzero(y == s)) for s in (1, -1))
+        n_pos = min(len(pos), max(n_validation - len(neg), n_validation // 2))
+        held = np.concatenate([pos[:n_pos], neg[:n_validation - n_pos]])
+        keep = np.setdiff1d(np.arange(len(y)), held)
+
+        def pick(a, i):
+            return None if a is None else np.asarray(a)[i]
+
+        return attrs.evolve(full, x_train=pick(full.x_train, keep), y_train=y[keep],
+                            classes_train=pick(full.classes_train, keep),
+                            x_val=pick(full.x_train, held), y_val=y[held])
 
     def cache_token(self) -> str:
         """What, besides the parameters, identifies the data (e.g. the source files' sizes and dates)."""

@@ -20,7 +20,7 @@ from .trajectory import Monitor
 
 #: Variables every run records, whatever its observables.
 RUN_VARIABLES = {
-    "status": Variable(long_name="why the run stopped: converged, budget, diverged or failed"),
+    "status": Variable(long_name="why the run stopped: converged, early_stopped, budget, diverged or failed"),
     "message": Variable(long_name="details of the stop (error message for failed runs)"),
     "steps": Variable(long_name="accepted steps"),
     "rejected": Variable(long_name="rejected trial steps"),
@@ -30,9 +30,16 @@ RUN_VARIABLES = {
 
 
 @functools.lru_cache(maxsize=16)
-def load_data(dataset, P: int) -> Data:
-    """``dataset.load(P)``, cached in memory per process and on disk across processes."""
-    return data_cache.load(dataset, P)
+def load_data(dataset, P: int, n_validation: int = 0) -> Data:
+    """``dataset.load(P)`` (with ``n_validation`` validation points for early stopping), cached in memory
+    per process and on disk across processes."""
+    return data_cache.load(dataset, P, n_validation)
+
+
+def n_validation(spec: Spec) -> int:
+    """Validation points the spec's dynamics holds out for early stopping (0 without early stopping)."""
+    early = getattr(spec.dynamics, "early_stopping", None)
+    return early.n_validation if early is not None else 0
 
 
 class Run:
@@ -66,7 +73,7 @@ class Run:
 
     @functools.cached_property
     def data(self) -> Data:
-        return load_data(self.spec.dataset, self.point["P"])
+        return load_data(self.spec.dataset, self.point["P"], n_validation(self.spec))
 
     @functools.cached_property
     def tensors(self) -> TorchData:

@@ -86,7 +86,7 @@ class RunOptions:
     dtype: Literal["float64", "float32"] = param(default="float64", doc="float64 (default, as the reference) or float32")
     device: str = param(default="cpu", doc="torch device: cpu, cuda, cuda:1, ...")
     ensemble: bool = param(default=True, doc="train the runs that share h and P (all seeds and alpha_tilde) as "
-                                             "batched ensembles (dynamics with train_ensemble: gradient_flow); "
+                                             "batched ensembles (dynamics with train_ensemble: gradient_flow, gd, sgd); "
                                              "results equal those of runs made alone")
 
     @device.validator
@@ -163,6 +163,8 @@ def component_to_dict(obj: Component) -> dict[str, Any]:
         v = getattr(obj, f.name)
         if isinstance(v, Component):
             v = component_to_dict(v)
+        elif attrs.has(type(v)):
+            v = {k: list(x) if isinstance(x, tuple) else x for k, x in attrs.asdict(v, recurse=False).items()}
         elif isinstance(v, tuple):
             v = list(v)
         out[f.name] = v
@@ -180,6 +182,8 @@ def _type_name(tp) -> str:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
     if isinstance(tp, type) and issubclass(tp, Component):
         return f"{tp.kind} name or table"
+    if isinstance(tp, type) and attrs.has(tp):
+        return "table"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -195,9 +199,10 @@ def _convert(value: Any, tp: Any, path: str, manager: PluginManager) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1:  # X | None: X's own error, which names the inner key
+            return _convert(value, real[0], path, manager)
+        for arg in real:
             try:
                 return _convert(value, arg, path, manager)
             except SpecError:
@@ -220,6 +225,8 @@ def _convert(value: Any, tp: Any, path: str, manager: PluginManager) -> Any:
             return value
     elif isinstance(tp, type) and issubclass(tp, Component):
         return build_component(tp.kind, value, path, manager)
+    elif isinstance(tp, type) and attrs.has(tp) and isinstance(value, Mapping):
+        return build_attrs(tp, value, path, manager, what=f"[{path}]")
     elif isinstance(tp, type) and isinstance(value, tp):
         return value
     raise SpecError(f"{path} = {value!r} is invalid: expected {_type_name(tp)}")
@@ -314,7 +321,13 @@ def build_spec(raw: Mapping[str, Any], manager: PluginManager | None = None) -> 
         raise SpecError(f"observable {tracked[0]!r} records along the flow, but dynamics {dynamics.name!r} "
                         f"takes no monitor; drop {tracked[0]!r} or use a dynamics that records checkpoints")
     limit = dataset.max_train()
-    if limit is not None and max(grid.P) > limit:
+    early = getattr(dynamics, "early_stopping", None)
+    held = early.n_validation if early is not None else 0
+    if limit is not None and max(grid.P) + held > limit:
+        if held:
+            raise SpecError(f"grid.P = {max(grid.P)} plus dynamics.early_stopping.n_validation = {held} is more than "
+                            f"the {limit} training points dataset {dataset.name!r} can serve with these parameters; "
+                            f"lower P or n_validation (or the test set size)")
         raise SpecError(f"grid.P = {max(grid.P)} is larger than the {limit} training points dataset "
                         f"{dataset.name!r} can serve with these parameters; lower P (or the test set size)")
     return Spec(dataset=dataset, architecture=architecture, dynamics=dynamics,

@@ -17,8 +17,10 @@ Two acceptance rules (SCIENCE.md section 2):
   for relu nets, every unit keeps its old activation slope. Then |g'_s - g| is smooth curvature,
   O(dt), and crossing a kink no longer forces dt to 0. Accept when err = max(sqrt(dgrad_s /
   max_dgrad), dout / max_dout) <= 1; then dt *= clip(0.9 / err, 1 / shrink, grow_max).
-  At h = 100, P = 1000, alpha_tilde = 1e3 a relu net converges in 7279 steps, where the reference
-  rule crawls; with the plain hinge dt no longer collapses, but max_dout still holds it small.
+  At h = 100, P = 1000 a relu net converges at alpha_tilde = 1e3 (7279 steps), where the reference
+  rule crawls, and so does the plain hinge (9865 steps, against 3439 for the soft hinge). Margins
+  that reach the hinge's kink chatter across it (dt K_mumu / P per step), so max_dout, not the
+  curvature, holds dt there; at alpha_tilde = 1e-2 that still stalls (see the issue notes).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ import time
 import torch
 
 from dlphase import TrainResult
-from dlphase.ensemble import ensemble_of
+from dlphase.ensemble import stacked
+
+from .stopping import common_rules, finish_member, validation_tracker
 
 
 def _sq(ts: list[torch.Tensor]) -> torch.Tensor:
@@ -42,21 +46,18 @@ def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
-def train_ensemble(flow, models, data, monitors) -> list[TrainResult]:
+def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult]:
     """Train ``models`` (AlphaModels of one architecture and width) in place with ``flow``'s scheme.
 
     ``monitors``: one :class:`dlphase.trajectory.Monitor` (or None) per member, fed at its checkpoints.
+    ``trace``: called after every trial step with a dict of per-member tensors (member ids, dt, dout,
+    dgrad, accepted, N_Delta, margins crossing the kink), to study the integrator.
     """
     start = time.perf_counter()
     x, y = data.x_train, data.y_train
     P = len(y)
-    net = ensemble_of([m.net for m in models])
     M = len(models)
-    params = net.stack([m.net for m in models])
-    params0 = [p.clone() for p in params]  # theta_0 of the members still in the batch
-    alpha = torch.tensor([m.alpha for m in models], dtype=x.dtype, device=x.device)
-    with torch.no_grad():
-        f0, _ = net.forward(params, x)
+    net, params, params0, alpha, f0 = stacked(models, x)  # params0: theta_0 of the members still in the batch
     loss = flow.loss
     robust = flow.rule == "robust"
     kink = getattr(loss, "kink", None)
@@ -105,6 +106,19 @@ def train_ensemble(flow, models, data, monitors) -> list[TrainResult]:
             mon.record(t=float(t[j]), train_loss=float(obj[j] * alpha[j] ** 2),
                        n_delta=int((marg[j] < 1).sum()), f_test=f_test, displacement=float(disp[r]))
 
+    trackers = [validation_tracker(flow, m, data) for m in models]  # early stopping, or None
+
+    def validate(members):
+        """Evaluate the validation metric of the members whose next early-stopping checkpoint is due."""
+        due = [j for j in members if trackers[idx[j]] is not None and trackers[idx[j]].due(float(t[j]))]
+        if not due:
+            return
+        sel = torch.tensor(due, device=x.device)
+        with torch.no_grad():
+            val_out, _ = net.forward([v.index_select(0, sel) for v in params], data.x_val)
+        for r, j in enumerate(due):
+            trackers[idx[j]].update(float(t[j]), int(steps[j]), val_out[r], [v[j] for v in params])
+
     for j, mon in enumerate(monitors):
         if mon is not None:
             mon.start(models[j], data)
@@ -114,13 +128,7 @@ def train_ensemble(flow, models, data, monitors) -> list[TrainResult]:
         # the stop rules, per member, in order of precedence
         elapsed = time.perf_counter() - start
         finite = torch.isfinite(out).all(1) & torch.isfinite(gnorm2)
-        rules = [
-            (~finite, "diverged", lambda j: "non-finite output or gradient"),
-            ((marg >= 1).all(1), "converged", lambda j: ""),
-            (steps + rejected >= flow.max_steps, "budget", lambda j: f"max_steps = {flow.max_steps} trial steps reached"),
-            (t >= flow.max_time, "budget", lambda j: f"max_time = {flow.max_time:g} reached"),
-            (torch.full_like(finite, elapsed >= flow.max_seconds), "budget",
-             lambda j: f"max_seconds = {flow.max_seconds:g} reached"),
+        rules = common_rules(flow, finite, marg, steps + rejected, t, elapsed, [trackers[m] for m in idx]) + [
             (dt < flow.min_dt, "budget", lambda j: f"stalled: dt = {float(dt[j]):.3g} fell below min_dt = {flow.min_dt:g}"),
             (gnorm2 == 0, "budget", lambda j: "stalled: zero gradient with unsatisfied margins"),
         ]
@@ -130,11 +138,8 @@ def train_ensemble(flow, models, data, monitors) -> list[TrainResult]:
             for j in stop:
                 status, message = next((st, msg(j)) for mask, st, msg in rules if bool(mask[j]))
                 m = idx[j]
-                results[m] = TrainResult(status=status, message=message, steps=int(steps[j]),
-                                         rejected=int(rejected[j]), t=float(t[j]), wall_seconds=elapsed)
-                net.unstack(params, j, models[m].net)
-                if monitors[m] is not None:
-                    monitors[m].finish()
+                results[m] = finish_member(net, params, j, models[m], trackers[m], monitors[m], status, message,
+                                           int(steps[j]), float(t[j]), elapsed, rejected=int(rejected[j]))
             keep = torch.nonzero(~stopping).flatten()
             idx = [m for j, m in enumerate(idx) if not bool(stopping[j])]
             if not idx:
@@ -184,12 +189,18 @@ def train_ensemble(flow, models, data, monitors) -> list[TrainResult]:
         g = [torch.where(_rows(ok, v), a, v) for a, v in zip(new_g, g)]
         if slopes is not None:
             slopes = [torch.where(_rows(ok, v), a, v) for a, v in zip(net.slopes(ctx), slopes)]
+        if trace is not None:
+            trace({"members": list(idx), "dt": dt, "dout": dout, "dgrad": dgrad, "ok": ok,
+                   "n_delta": (new_marg < 1).sum(1),
+                   "crossed": crossed.sum(1) if robust and kink is not None else None})
         okc = ok[:, None]
         out, marg, coef = (torch.where(okc, a, b) for a, b in ((new_out, out), (new_marg, marg), (new_coef, coef)))
         obj = torch.where(ok, new_obj, obj)
         gnorm2 = torch.where(ok, new_gnorm2, gnorm2)
         dt = new_dt
-        if any(mon is not None for mon in monitors):
-            observe([j for j in range(len(idx)) if bool(ok[j])])
+        if any(mon is not None for mon in monitors) or any(tr is not None for tr in trackers):
+            accepted = [j for j in range(len(idx)) if bool(ok[j])]
+            observe(accepted)
+            validate(accepted)
 
     return results

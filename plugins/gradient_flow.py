@@ -18,7 +18,7 @@ import attrs
 
 import dlphase
 from dlphase import param
-from dlphase.ensemble import ensemble_of, members_per_pass
+from dlphase.ensemble import in_passes
 from dlphase.specs import non_negative, positive
 
 from .ensemble_flow import train_ensemble
@@ -30,6 +30,7 @@ class GradientFlow(Budgeted):
     """Full-batch gradient flow by adaptive Euler steps (robust or reference rule); stops when all y f >= 1."""
 
     name: ClassVar[str] = "gradient_flow"
+    steps_name: ClassVar[str] = "trial steps"
     rule: Literal["robust", "reference"] = param(
         default="robust", doc="step acceptance: robust (kinks of the hinge or relu do not stall the flow) "
                               "or reference (the reference code's rule, for comparison)")
@@ -53,14 +54,7 @@ class GradientFlow(Budgeted):
     def train_ensemble(self, models, data, monitors=None):
         """Train several members of one architecture and width together (see ensemble_flow.py), in
         passes of as many members as memory (GPU) or cache (CPU) serves well."""
-        monitors = list(monitors) if monitors is not None else [None] * len(models)
-        net = ensemble_of([models[0].net])
-        size = members_per_pass(net.elements_per_member(len(data.x_train)), data.x_train.dtype,
-                                data.x_train.device)
-        results = []
-        for i in range(0, len(models), size):
-            results += train_ensemble(self, models[i:i + size], data, monitors[i:i + size])
-        return results
+        return in_passes(lambda ms, mons: train_ensemble(self, ms, data, mons), models, data, monitors)
 
 
 @dlphase.hookimpl

@@ -81,22 +81,30 @@ class ImageDataset(Dataset):
         return splits.max_balanced(y, self.n_test, self.n_kernel, separate_test=y_test is not None)
 
     def load(self, P: int) -> Data:
+        return self.load_validation(P, 0)
+
+    def load_validation(self, P: int, n_validation: int) -> Data:
+        """The validation points come after the P training points in each label's shuffled pool, so the
+        training set is the same as without them; every map is fitted on the training points only."""
         pools, y, y_test_pool = self._labelled()
-        test, kernel, train = splits.balanced_split(y, self.n_test, P, self.seed, self.n_kernel, y_test_pool,
-                                                    what=f"{self.name} ({pools.source})")
+        parts = splits.balanced_split(y, self.n_test, P, self.seed, self.n_kernel, y_test_pool,
+                                      what=f"{self.name} ({pools.source})", n_validation=n_validation)
+        test, kernel, train = parts[:3]
+        val = parts[3] if n_validation else np.zeros(0, dtype=np.int64)
         x_test_pool = pools.x if pools.x_test is None else pools.x_test
         c_test_pool = pools.classes if pools.classes_test is None else pools.classes_test
         y_test_all = y if y_test_pool is None else y_test_pool
         if self.pca and P < 2:
             raise DataError(f"PCA needs at least 2 training points, got P = {P}")
         try:
-            xtr, xte, xk = preprocessing.pipeline(pools.x[train], x_test_pool[test], pools.x[kernel],
+            xtr, xte, xk, xv = preprocessing.pipeline(pools.x[train], x_test_pool[test], pools.x[kernel], pools.x[val],
                                                   center_=self.center, normalize_=self.normalize,
                                                   pca_=self.pca, whiten=self.whiten)
         except ValueError as exc:
             raise DataError(f"{self.name}: {exc}") from None
         return Data(x_train=xtr, y_train=y[train], x_test=xte, y_test=y_test_all[test],
                     x_kernel=xk, y_kernel=y[kernel],
+                    x_val=xv if n_validation else None, y_val=y[val] if n_validation else None,
                     classes_train=pools.classes[train], classes_test=c_test_pool[test],
                     classes_kernel=pools.classes[kernel],
                     attrs={"source": pools.source, "labels": self._label_text(),

@@ -29,13 +29,15 @@ def _counts(n: int) -> tuple[int, int]:
 
 
 def balanced_split(y: np.ndarray, n_test: int, P: int, seed: int, n_kernel: int = 0,
-                   y_test_pool: np.ndarray | None = None, what: str = "the data"):
-    """Indices (test, kernel, train), each balanced between +1 and -1, deterministic given ``seed``.
+                   y_test_pool: np.ndarray | None = None, what: str = "the data", n_validation: int = 0):
+    """Indices (test, kernel, train), each balanced between +1 and -1, deterministic given ``seed``;
+    with ``n_validation`` > 0, (test, kernel, train, validation).
 
     Each label's points are shuffled once by ``seed``; the test set takes the first ones, the kernel set
-    the next ones, the training set the next P. So the test and kernel sets do not depend on P, and the
-    training set for a smaller P is contained in the one for a larger P. With ``y_test_pool`` the test
-    set is drawn from that separate pool (an official test split) and the others from ``y``.
+    the next ones, the training set the next P, the validation set the next n_validation. So the test
+    and kernel sets do not depend on P, the training set for a smaller P is contained in the one for a
+    larger P, and asking for a validation set leaves the training set as it was. With ``y_test_pool``
+    the test set is drawn from that separate pool (an official test split) and the others from ``y``.
     """
     rng = np.random.default_rng(seed)
     pools = [rng.permutation(np.flatnonzero(y == label)) for label in (1, -1)]
@@ -45,21 +47,27 @@ def balanced_split(y: np.ndarray, n_test: int, P: int, seed: int, n_kernel: int 
         skip = (0, 0)
     else:
         test_pools, skip = pools, _counts(n_test)
-    test, kernel, train = [], [], []
+    test, kernel, train, val = [], [], [], []
     for i, (pool, tpool) in enumerate(zip(pools, test_pools)):
-        kt, kk, kp = _counts(n_test)[i], _counts(n_kernel)[i], _counts(P)[i]
+        kt, kk, kp, kv = _counts(n_test)[i], _counts(n_kernel)[i], _counts(P)[i], _counts(n_validation)[i]
         if kt > len(tpool):
             raise DataError(f"n_test = {n_test} needs {kt} test points of label {(1, -1)[i]:+d} but {what} has "
                             f"{len(tpool)}; lower n_test")
         need = skip[i] + kk + kp
-        if need > len(pool):
-            raise DataError(f"P = {P} with n_test = {n_test} and n_kernel = {n_kernel} needs {need} points of label "
-                            f"{(1, -1)[i]:+d} but {what} has {len(pool)}; lower P, n_test or n_kernel")
+        if need + kv > len(pool):
+            extra = f" and n_validation = {n_validation}" if n_validation else ""
+            raise DataError(f"P = {P} with n_test = {n_test}, n_kernel = {n_kernel}{extra} needs {need + kv} points "
+                            f"of label {(1, -1)[i]:+d} but {what} has {len(pool)}; lower P, n_test or n_kernel"
+                            + (" or n_validation" if n_validation else ""))
         test.append(tpool[:kt])
         kernel.append(pool[skip[i]:skip[i] + kk])
         train.append(pool[skip[i] + kk:need])
+        val.append(pool[need:need + kv])
     order = np.random.default_rng([seed, 1])
-    return tuple(np.concatenate(parts)[order.permutation(sum(map(len, parts)))] for parts in (test, kernel, train))
+    out = tuple(np.concatenate(parts)[order.permutation(sum(map(len, parts)))] for parts in (test, kernel, train))
+    if not n_validation:
+        return out
+    return out + (np.concatenate(val)[np.random.default_rng([seed, 4]).permutation(sum(map(len, val)))],)
 
 
 def max_balanced(y: np.ndarray, n_test: int, n_kernel: int, separate_test: bool) -> int:

@@ -1,15 +1,16 @@
-"""Stop rules shared by every dynamics: converged (all y f >= 1), budgets (steps, flow time, wall
-time) and divergence (non-finite outputs)."""
+"""Stop rules shared by every dynamics: converged (all y f >= 1), early stopping on a validation set,
+budgets (steps, flow time, wall time) and divergence (non-finite outputs)."""
 
 from __future__ import annotations
 
 import math
-import time
+from typing import ClassVar
 
 import attrs
 import torch
 
-from dlphase import Dynamics, Loss, param
+from dlphase import DataError, Dynamics, Loss, TrainResult, param
+from dlphase.early_stopping import EarlyStopping
 from dlphase.specs import positive
 
 from .losses import SoftHinge
@@ -19,36 +20,71 @@ from .losses import SoftHinge
 class Budgeted(Dynamics):
     """The loss and the budgets that every built-in dynamics takes."""
 
+    #: what ``max_steps`` counts, in messages
+    steps_name: ClassVar[str] = "steps"
+
     loss: Loss = param(default=attrs.Factory(SoftHinge), doc="the loss l(y f): a name or {name = ..., ...}")
     max_steps: int = param(default=1_000_000, doc="budget on steps (trial steps for gradient_flow)",
                            validator=positive)
     max_seconds: float = param(default=math.inf, doc="wall-time budget per run, in seconds", validator=positive)
+
     max_time: float = param(default=math.inf, doc="flow-time budget (the jamming line moves with it)",
                             validator=positive)
+    early_stopping: EarlyStopping | None = param(
+        default=None, doc="stop when the error on held-out validation points stops improving: "
+                          "{n_validation = ..., patience = 8, metric = 'error', per_decade = 8, restore_best = true}")
 
 
-def prepare(model, data):
-    """What every dynamics starts from: the clock, the trained tensors, x and y, and f~0 on x."""
-    start = time.perf_counter()
-    params = [p for p in model.net.parameters() if p.requires_grad]
+def validation_tracker(dyn, model, data):
+    """The run's early-stopping :class:`dlphase.early_stopping.Tracker`, or None without early stopping."""
+    early = getattr(dyn, "early_stopping", None)
+    if early is None:
+        return None
+    if data.x_val is None:
+        raise DataError("early stopping needs validation points but the data has none; load it through "
+                        "dlphase.Run, which holds out dynamics.early_stopping.n_validation points")
     with torch.no_grad():
-        f0 = model.net0(data.x_train)
-    return start, params, data.x_train, data.y_train, f0
+        f0_val = model.net0(data.x_val)
+    return early.tracker(f0_val, data.y_val, model.alpha, dyn.loss)
 
 
-def stop_reason(dyn, out: torch.Tensor, y: torch.Tensor, trials: int, t: float, start: float,
-                steps_name: str = "steps") -> tuple[str, str] | None:
-    """(status, message) if training must stop now, else None. ``dyn`` has max_steps, max_time, max_seconds."""
-    if not bool(torch.isfinite(out).all()):
-        return "diverged", "non-finite output"
-    if bool((y * out >= 1).all()):
-        return "converged", ""
-    if trials >= dyn.max_steps:
-        return "budget", f"max_steps = {dyn.max_steps} {steps_name} reached"
-    if t >= dyn.max_time:
-        return "budget", f"max_time = {dyn.max_time:g} reached"
-    if time.perf_counter() - start >= dyn.max_seconds:
-        return "budget", f"max_seconds = {dyn.max_seconds:g} reached"
-    return None
+def finish_member(net, params, j, model, tracker, monitor, status: str, message: str, steps: int, t: float,
+                  elapsed: float, rejected: int = 0) -> TrainResult:
+    """Member j leaves the batch: its parameters (the best checkpoint's, if early stopping restores them)
+    go back to its module, and its result is made."""
+    if status == "early_stopped" and tracker.best_params is not None:
+        with torch.no_grad():
+            for v, best in zip(params, tracker.best_params):
+                v[j] = best
+        t, steps = tracker.best_t, tracker.best_steps
+    net.unstack(params, j, model.net)
+    if monitor is not None:
+        monitor.finish()
+    return TrainResult(status=status, message=message, steps=steps, rejected=rejected, t=t, wall_seconds=elapsed)
 
 
+def common_rules(dyn, finite, margins, trials, t, elapsed: float, trackers) -> list:
+    """The stop rules of every dynamics for a batch of members, in order of precedence.
+
+    ``finite`` (M,) whether each member's outputs are finite; ``margins`` (M, P) the training margins
+    y f; ``trials`` and ``t`` per member (tensors) or shared (numbers); ``trackers`` each member's
+    early-stopping tracker or None. Returns [(mask (M,), status, message(j))]: a member stops on the
+    first rule whose mask holds for it.
+    """
+    M, device = len(margins), margins.device
+
+    def mask(v):
+        return v if isinstance(v, torch.Tensor) else torch.full((M,), bool(v), device=device)
+
+    def at(v, j):
+        return float(v[j]) if isinstance(v, torch.Tensor) else float(v)
+
+    early = torch.tensor([tr is not None and tr.stopped for tr in trackers], device=device)
+    return [
+        (~finite, "diverged", lambda j: "non-finite output or gradient"),
+        ((margins >= 1).all(1), "converged", lambda j: ""),
+        (early, "early_stopped", lambda j: trackers[j].message(at(t, j))),
+        (mask(trials >= dyn.max_steps), "budget", lambda j: f"max_steps = {dyn.max_steps} {dyn.steps_name} reached"),
+        (mask(t >= dyn.max_time), "budget", lambda j: f"max_time = {dyn.max_time:g} reached"),
+        (mask(elapsed >= dyn.max_seconds), "budget", lambda j: f"max_seconds = {dyn.max_seconds:g} reached"),
+    ]

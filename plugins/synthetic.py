@@ -1,7 +1,7 @@
 """Synthetic data: the stripe model, random labels, and a random teacher net (SCIENCE.md section 3).
 
-x ~ N(0, I_d). Each split comes from its own random stream fixed by ``seed``: the test and kernel sets
-do not depend on P, and the first P training points are the same for every larger P (nested).
+x ~ N(0, I_d). Each split comes from its own random stream fixed by ``seed``: the test, kernel and
+validation sets do not depend on P, and the first P training points are the same for every larger P (nested).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import dlphase
 from dlphase import Data, Dataset, param
 from dlphase.specs import non_negative, positive
 
-STREAMS = {"test": 0, "kernel": 1, "train": 2}
+STREAMS = {"test": 0, "kernel": 1, "train": 2, "val": 3}
 
 
 @attrs.frozen(kw_only=True)
@@ -37,13 +37,18 @@ class Gaussian(Dataset):
         raise NotImplementedError
 
     def load(self, P: int) -> Data:
+        return self.load_validation(P, 0)
+
+    def load_validation(self, P: int, n_validation: int) -> Data:
+        """Validation points come from a stream of their own: the other splits are those of ``load(P)``."""
         parts = {}
-        for split, n in (("train", P), ("test", self.n_test), ("kernel", self.n_kernel)):
+        for split, n in (("train", P), ("test", self.n_test), ("kernel", self.n_kernel), ("val", n_validation)):
             x = self.inputs(split, n)
             parts[split] = (x, self.label(split, x))
+        val = parts["val"] if n_validation else (None, None)
         return Data(x_train=parts["train"][0], y_train=parts["train"][1], x_test=parts["test"][0],
                     y_test=parts["test"][1], x_kernel=parts["kernel"][0], y_kernel=parts["kernel"][1],
-                    attrs={"source": self.describe()})
+                    x_val=val[0], y_val=val[1], attrs={"source": self.describe()})
 
     def describe(self) -> str:
         return self.name

@@ -9,6 +9,7 @@ from dlphase import AlphaModel, TorchData
 from dlphase.ensemble import EnsembleNet, ensemble_of
 from dlphase.plugins.cnn import CNN
 from dlphase.plugins.fc import FC
+from dlphase.plugins.gd import GD, SGD
 from dlphase.plugins.gradient_flow import GradientFlow
 from dlphase.plugins.losses import Hinge, SoftHinge
 from dlphase.plugins.mean_field import MeanField
@@ -51,6 +52,22 @@ def _models(arch, h, alphas, seeds, input_shape=(5,)):
             for a, s in zip(alphas, seeds)]
 
 
+def _statuses_equal_alone(dynamics, arch, alphas, seeds, data, fields=("steps", "rejected", "status")):
+    """Train members together, then each alone: same ``fields`` and f_test to 1e-10; the statuses seen."""
+    together = _models(arch, 16, alphas, seeds)
+    res_together = dynamics.train_ensemble(together, data)
+    statuses = set()
+    for k, (a, s) in enumerate(zip(alphas, seeds)):
+        alone = _models(arch, 16, [a], [s])[0]
+        res_alone = dynamics.train(alone, data)
+        assert [getattr(res_alone, f) for f in fields] == [getattr(res_together[k], f) for f in fields]
+        with torch.no_grad():
+            f_alone, f_together = alone(data.x_test), together[k](data.x_test)
+        torch.testing.assert_close(f_together, f_alone, rtol=1e-10, atol=1e-10 * float(f_alone.abs().max()))
+        statuses.add(res_alone.status)
+    return statuses
+
+
 @pytest.mark.parametrize("arch,loss,rule,max_steps", [
     (FC(activation="swish"), SoftHinge(), "robust", 3000),
     (FC(activation="swish"), SoftHinge(), "reference", 3000),
@@ -59,23 +76,20 @@ def _models(arch, h, alphas, seeds, input_shape=(5,)):
 ], ids=["fc-swish", "fc-swish-reference", "fc-relu-hinge", "mean_field"])
 def test_member_in_ensemble_equals_alone(arch, loss, rule, max_steps):
     """Every member's f_test after training with others equals its f_test trained alone, to 1e-10."""
-    data = _data()
-    alphas, seeds = [1e-1, 1.0, 30.0, 1.0, 1e3], [0, 1, 2, 3, 4]
     flow = GradientFlow(loss=loss, rule=rule, max_steps=max_steps)
-    together = _models(arch, 16, alphas, seeds)
-    res_together = flow.train_ensemble(together, data)
-    statuses = set()
-    for k, (a, s) in enumerate(zip(alphas, seeds)):
-        alone = _models(arch, 16, [a], [s])[0]
-        res_alone = flow.train(alone, data)
-        with torch.no_grad():
-            f_alone, f_together = alone(data.x_test), together[k](data.x_test)
-        assert (res_alone.steps, res_alone.rejected, res_alone.status) == \
-               (res_together[k].steps, res_together[k].rejected, res_together[k].status)
-        torch.testing.assert_close(f_together, f_alone, rtol=1e-10, atol=1e-10 * float(f_alone.abs().max()))
-        statuses.add(res_alone.status)
+    statuses = _statuses_equal_alone(flow, arch, [1e-1, 1.0, 30.0, 1.0, 1e3], [0, 1, 2, 3, 4], _data())
     if arch.name == "fc":
         assert "converged" in statuses  # members leave the batch at different times
+
+
+@pytest.mark.parametrize("dynamics", [GD(loss=SoftHinge(), lr=2.0, max_steps=600),
+                                      SGD(loss=Hinge(), lr=0.5, batch_size=8, momentum=0.5, weight_decay=1e-4,
+                                          max_steps=800)], ids=["gd", "sgd"])
+def test_descent_member_in_ensemble_equals_alone(dynamics):
+    """gd and sgd ensembles: every member ends where it ends alone (same steps, status, f_test to 1e-10)."""
+    statuses = _statuses_equal_alone(dynamics, FC(activation="swish"), [1e-1, 1.0, 30.0, 1.0], [0, 1, 2, 3],
+                                     _data(), fields=("steps", "status"))
+    assert statuses == {"converged", "budget"}  # members leave the batch at different times
 
 
 def test_cnn_member_in_ensemble_equals_alone():

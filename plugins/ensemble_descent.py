@@ -1,0 +1,129 @@
+"""The engine of ``gd`` and ``sgd``: M members of one architecture and width stepped as one batched computation.
+
+Each step: theta <- theta - lr v, v <- momentum v + grad (L_batch / alpha^2) + weight_decay theta,
+per member, with its own alpha. Members share the minibatch order (the dynamics' own seed), so each
+member follows the trajectory it follows alone. The stop rules are checked on the whole training set
+every step for GD and once an epoch for SGD; a member that stops leaves the batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from dlphase import TrainResult
+from dlphase.ensemble import stacked
+
+from .stopping import common_rules, finish_member, validation_tracker
+
+
+def _rows(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+def descend_ensemble(dyn, models, data, monitors, batch_size: int | None = None, momentum: float = 0.0,
+                     weight_decay: float = 0.0, seed: int = 0) -> list[TrainResult]:
+    """Train ``models`` in place by (minibatch) gradient descent with step ``dyn.lr``.
+
+    ``batch_size`` None: full batch (GD), the stop rules checked every step; else minibatches drawn
+    without replacement each epoch from a generator seeded by ``seed``, the rules checked once an epoch.
+    """
+    start = time.perf_counter()
+    x, y = data.x_train, data.y_train
+    P = len(y)
+    M = len(models)
+    net, params, params0, alpha, f0 = stacked(models, x)  # params0: theta_0 of the members still in the batch
+    velocity = [torch.zeros_like(p) for p in params] if momentum else None
+    loss = dyn.loss
+    full = batch_size is None or batch_size >= P
+    epoch = 1 if full else math.ceil(P / batch_size)
+    gen = torch.Generator().manual_seed(seed)
+    order, pos = (None, 0) if full else (torch.randperm(P, generator=gen), 0)
+    trackers = [validation_tracker(dyn, m, data) for m in models]
+    for j, mon in enumerate(monitors):
+        if mon is not None:
+            mon.start(models[j], data)
+    idx = list(range(M))
+    results: list[TrainResult | None] = [None] * M
+    steps = 0
+
+    def coefficients(out, a, yb, f0b):
+        """dObjective/dout for objective = mean l(y alpha (out - f0)) / alpha^2 over the batch."""
+        m = (yb * (a[:, None] * (out - f0b))).detach().requires_grad_(True)
+        with torch.enable_grad():
+            per = loss(m)
+            (dm,) = torch.autograd.grad(per.sum(), m)
+        return dm * yb / (len(yb) * a[:, None]), per.detach(), m.detach()
+
+    while idx:
+        t = steps * dyn.lr
+        out = ctx = None
+        if steps % epoch == 0:  # the stop rules, checkpoints and validation, on the whole training set
+            out, ctx = net.forward(params, x, grad=full)
+            per, marg = coefficients(out, alpha, y, f0)[1:]
+            _checkpoints(net, params, params0, idx, monitors, trackers, data, alpha, per, marg, t, steps)
+            elapsed = time.perf_counter() - start
+            rules = common_rules(dyn, torch.isfinite(out).all(1), marg, steps, t, elapsed,
+                                 [trackers[m] for m in idx])
+            stopping = torch.stack([r[0] for r in rules]).any(0)
+            if bool(stopping.any()):
+                for j in torch.nonzero(stopping).flatten().tolist():
+                    status, message = next((st, msg(j)) for mask, st, msg in rules if bool(mask[j]))
+                    m = idx[j]
+                    results[m] = finish_member(net, params, j, models[m], trackers[m], monitors[m], status, message,
+                                               steps, t, elapsed)
+                keep = torch.nonzero(~stopping).flatten()
+                idx = [m for j, m in enumerate(idx) if not bool(stopping[j])]
+                if not idx:
+                    break
+                params, params0 = ([v.index_select(0, keep) for v in vs] for vs in (params, params0))
+                if velocity is not None:
+                    velocity = [v.index_select(0, keep) for v in velocity]
+                alpha, f0, out = (v.index_select(0, keep) for v in (alpha, f0, out))
+                if full:
+                    out, ctx = net.forward(params, x, grad=True)
+        if full:
+            if ctx is None:
+                out, ctx = net.forward(params, x, grad=True)
+            coef = coefficients(out, alpha, y, f0)[0]
+        else:
+            if pos >= P:
+                order, pos = torch.randperm(P, generator=gen), 0
+            batch = order[pos:pos + batch_size].to(x.device)
+            pos += batch_size
+            out_b, ctx = net.forward(params, x[batch], grad=True)
+            coef = coefficients(out_b, alpha, y[batch], f0[:, batch])[0]
+        grads = net.backward(params, ctx, coef)
+        with torch.no_grad():
+            if weight_decay:
+                grads = [g + weight_decay * p for g, p in zip(grads, params)]
+            if velocity is not None:
+                velocity = [momentum * v + g for v, g in zip(velocity, grads)]
+                grads = velocity
+            params = [p - dyn.lr * g for p, g in zip(params, grads)]
+        steps += 1
+    return results
+
+
+def _checkpoints(net, params, params0, idx, monitors, trackers, data, alpha, per, marg, t, steps):
+    """Feed the members' trajectory monitors and early-stopping trackers whose checkpoint is due."""
+    due_mon = [j for j, m in enumerate(idx) if monitors[m] is not None and monitors[m].due(t)]
+    due_val = [j for j, m in enumerate(idx) if trackers[m] is not None and trackers[m].due(t)]
+    if due_mon:
+        sel = torch.tensor(due_mon, device=data.x_train.device)
+        p_sel = [v.index_select(0, sel) for v in params]
+        with torch.no_grad():
+            test_out, _ = net.forward(p_sel, data.x_test)
+        for r, j in enumerate(due_mon):
+            mon = monitors[idx[j]]
+            model_disp = math.sqrt(sum(float((v[j] - v0[j]).square().sum()) for v, v0 in zip(params, params0)))
+            mon.record(t=t, train_loss=float(per[j].mean()), n_delta=int((marg[j] < 1).sum()),
+                       f_test=alpha[j] * (test_out[r] - mon.f0_test), displacement=model_disp)
+    if due_val:
+        sel = torch.tensor(due_val, device=data.x_train.device)
+        with torch.no_grad():
+            val_out, _ = net.forward([v.index_select(0, sel) for v in params], data.x_val)
+        for r, j in enumerate(due_val):
+            trackers[idx[j]].update(t, steps, val_out[r], [v[j] for v in params])
