@@ -78,21 +78,29 @@ class EnsembleNet:
         return list(torch.autograd.grad(out, leaves, dout, retain_graph=True))
 
 
-#: on a CPU, members per pass are chosen so that one activation tensor holds about this many numbers:
-#: measured on 2 cores (benchmarks/train.py), wider passes fall out of cache and run slower per member
-CPU_ELEMENTS_PER_PASS = 300_000
+#: On a CPU, a pass holds as many members as keep one activation tensor under this many numbers, and at
+#: most CPU_WIDE_MEMBERS members whose own activation already holds CPU_WIDE numbers (one such member
+#: keeps both cores busy). Measured on 2 cores, P = 1000, fc L = 2, member-steps/s by members per pass:
+#: h = 30: 380 (1), 1141 (6), 1226 (16); h = 100: 168 (1), 233 (3), 310 (16); h = 300: 62 (1), 72 (2),
+#: 58 (5), 42 (16).
+CPU_ELEMENTS_PER_PASS = 1_600_000
+CPU_WIDE = 250_000
+CPU_WIDE_MEMBERS = 2
 
 
 def members_per_pass(elements_per_member: int, dtype: torch.dtype, device: torch.device | str,
                      limit: int = 1024) -> int:
-    """How many members to integrate in one batched pass: on a CPU, what fits in cache; on a GPU, a
-    quarter of the free memory for about 16 activation-sized tensors per member."""
+    """How many members to integrate in one batched pass: on a CPU, what the measurements above favour;
+    on a GPU, a quarter of the free memory for about 16 activation-sized tensors per member."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         per = 16 * elements_per_member * torch.finfo(dtype).bits // 8
         return int(max(1, min(limit, free // 4 // max(per, 1))))
-    return int(max(1, min(limit, CPU_ELEMENTS_PER_PASS // max(elements_per_member, 1))))
+    size = CPU_ELEMENTS_PER_PASS // max(elements_per_member, 1)
+    if elements_per_member >= CPU_WIDE:
+        size = min(size, CPU_WIDE_MEMBERS)
+    return int(max(1, min(limit, size)))
 
 
 def stacked(models, x: torch.Tensor):

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 SWISH_BETA = 10.0
 #: E[(z sigmoid(10 z))^2] for z ~ N(0,1), by adaptive quadrature (checked in the tests).
@@ -45,4 +46,13 @@ DERIVATIVES = {
     "swish": swish_grad,
     "relu": relu_grad,
     "tanh": tanh_grad,
+}
+
+#: The batched kernels' fused forms: sigma(a) = c_out act(c_in a), where act and its backward are one
+#: fused torch op each; c_in and c_out fold into the weights' scales. (act, act_backward(grad, u, act(u)),
+#: c_in, c_out). Checked against ACTIVATIONS and DERIVATIVES in the tests.
+FUSED = {
+    "swish": (F.silu, lambda g, u, z: torch.ops.aten.silu_backward(g, u), SWISH_BETA, SWISH_SCALE / SWISH_BETA),
+    "relu": (torch.relu, lambda g, u, z: torch.ops.aten.threshold_backward(g, u, 0), 1.0, 1.0),
+    "tanh": (torch.tanh, lambda g, u, z: torch.ops.aten.tanh_backward(g, z), 1.0, 1.0),
 }

@@ -17,7 +17,7 @@ from dlphase import Architecture, param
 from dlphase.ensemble import EnsembleNet
 from dlphase.specs import positive
 
-from .activations import ACTIVATIONS, DERIVATIVES
+from .activations import ACTIVATIONS, FUSED
 
 
 def _per_member(z, M):
@@ -29,16 +29,20 @@ def _per_member(z, M):
 class FCEnsemble(EnsembleNet):
     """M fc nets by batched matrix products, with a hand-written backward pass.
 
-    Layer i computes a_i = (z_{i-1} W_i^T) s_i + B_i for every member at once; the backward pass
-    contracts the cotangents layer by layer, so a step costs a few bmm calls whatever M is.
+    With sigma(a) = c_out act(c_in a) (activations.FUSED), hidden layer i computes
+    u_i = z_{i-1} (k_i W_i)^T + c_in B_i and z_i = act(u_i), so that the weight scales 1/sqrt(fan_in) and
+    the activation's constants act on the small weight matrices, not on the (M, n, h) activations: a
+    hidden layer costs one bmm and one fused elementwise op forward, two bmm and one fused op backward.
     """
 
     def __init__(self, nets):
         super().__init__(nets)
         net = nets[0]
-        self.scales = list(net.scales)
-        self.sigma, self.dsigma = ACTIVATIONS[net.activation], DERIVATIVES[net.activation]
-        self.n_layers = len(self.scales)
+        self.act, self.act_backward, c_in, c_out = FUSED[net.activation]
+        last = len(net.scales) - 1
+        self.k = [s * (c_out if i > 0 else 1.0) * (c_in if i < last else 1.0) for i, s in enumerate(net.scales)]
+        self.c_in = c_in
+        self.n_layers = len(self.k)
         self.kinked = net.activation == "relu"
 
     def elements_per_member(self, n):
@@ -56,40 +60,43 @@ class FCEnsemble(EnsembleNet):
     def forward(self, params, x, grad=False):
         ws, bs = self.layers(params)
         z = x.flatten(1)
-        cache, pre = [z], []
-        for i, (w, s) in enumerate(zip(ws, self.scales)):
+        acts, pre = [z], []
+        for i, (w, k) in enumerate(zip(ws, self.k)):
             if i > 0:
-                z = self.sigma(pre[-1])
-                cache.append(z)
+                z = self.act(pre[-1])
+                acts.append(z)
             if w.shape[1] == 1:   # the read-out: a per-row dot product, the same kernel whatever M is
-                a = (z * w).sum(-1, keepdim=True) * s
+                u = (z * (w * k)).sum(-1, keepdim=True)
+            elif bs is not None and i < self.n_layers - 1:
+                u = torch.baddbmm((bs[i] * self.c_in)[:, None, :], _per_member(z, len(w)), (w * k).transpose(1, 2))
             else:
-                a = torch.bmm(_per_member(z, len(w)), w.transpose(1, 2)) * s
-            if bs is not None and i < self.n_layers - 1:
-                a = a + bs[i][:, None, :]
-            pre.append(a)
-        return a[..., 0], ((cache, pre) if grad else None)
+                u = torch.bmm(_per_member(z, len(w)), (w * k).transpose(1, 2))
+            pre.append(u)
+        return u[..., 0], ((acts, pre) if grad else None)
 
     def slopes(self, ctx):
-        """sigma'(a_i) of every hidden layer, (M, n, h) each."""
-        return [self.dsigma(a) for a in ctx[1][:-1]]
+        """act'(u_i) of every hidden layer, (M, n, h) each (relu: sigma'(a_i))."""
+        acts, pre = ctx
+        return [self.act_backward(torch.ones_like(u), u, z) for u, z in zip(pre[:-1], acts[1:])]
 
     def backward(self, params, ctx, dout, slopes=None):
         ws, bs = self.layers(params)
-        cache, pre = ctx
+        acts, pre = ctx
         gw, gb = [None] * self.n_layers, [None] * (self.n_layers - 1)
-        delta = dout[..., None] * self.scales[-1]                      # (M, n, 1)
+        delta = dout[..., None]                                        # (M, n, 1): d/du of the read-out
         for i in range(self.n_layers - 1, -1, -1):
-            gw[i] = torch.bmm(delta.transpose(1, 2), _per_member(cache[i], len(delta)))
+            gw[i] = torch.bmm(delta.transpose(1, 2), _per_member(acts[i], len(delta))) * self.k[i]
             if i == 0:
                 break
             if ws[i].shape[1] == 1:
-                dz = delta * ws[i]                                      # outer product, (M, n, h)
+                dz = delta * (ws[i] * self.k[i])                        # outer product, (M, n, h)
             else:
-                dz = torch.bmm(delta, ws[i])
-            da = dz * (self.dsigma(pre[i - 1]) if slopes is None else slopes[i - 1])
-            gb[i - 1] = da.sum(1)
-            delta = da * self.scales[i - 1]
+                dz = torch.bmm(delta, ws[i] * self.k[i])
+            if slopes is None:
+                delta = self.act_backward(dz, pre[i - 1], acts[i])
+            else:
+                delta = dz * slopes[i - 1]
+            gb[i - 1] = delta.sum(1) * self.c_in
         return self.join(gw, gb if bs is not None else None)
 
 

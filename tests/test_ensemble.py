@@ -34,9 +34,11 @@ def test_batched_kernels_match_autograd(arch):
     cot = torch.randn_like(out)
     for g, ref in zip(fast.backward(params, ctx, cot), generic.backward(params, ref_ctx, cot)):
         torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-14)
-    # frozen slopes equal to the pass's own give the same gradient
+    # frozen slopes equal to the pass's own give the same gradient (exactly for relu; the fused swish
+    # backward rounds differently from the product with its slope)
+    exact = arch.activation == "relu"
     for g, ref in zip(fast.backward(params, ctx, cot, slopes=fast.slopes(ctx)), fast.backward(params, ctx, cot)):
-        torch.testing.assert_close(g, ref, rtol=0, atol=0)
+        torch.testing.assert_close(g, ref, rtol=0 if exact else 1e-13, atol=0 if exact else 1e-15)
 
 
 def _data(P=40, d=5, seed=0):

@@ -9,7 +9,7 @@ from scipy.integrate import quad
 from scipy.special import expit
 
 from dlphase import AlphaModel, alpha_of
-from dlphase.plugins.activations import SWISH_SECOND_MOMENT, swish
+from dlphase.plugins.activations import ACTIVATIONS, DERIVATIVES, FUSED, SWISH_SECOND_MOMENT, swish
 from dlphase.plugins.fc import FC
 from dlphase.plugins.losses import MSE, CrossEntropy, Hinge, QuadraticHinge, SoftHinge
 
@@ -22,6 +22,20 @@ def test_swish_is_normalised():
     z = torch.linspace(-3, 3, 7, dtype=torch.float64)
     expected = z.numpy() * expit(10 * z.numpy()) / math.sqrt(m)
     np.testing.assert_allclose(swish(z).numpy(), expected, rtol=1e-13)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_fused_activation_forms(name):
+    """c_out act(c_in a) = sigma(a), and c_in c_out act'(c_in a) = sigma'(a) = autograd's and DERIVATIVES'."""
+    act, act_backward, c_in, c_out = FUSED[name]
+    a = torch.linspace(-2, 2, 41, dtype=torch.float64)[1::2].requires_grad_(True)  # avoids relu's 0
+    sigma = ACTIVATIONS[name](a)
+    (auto,) = torch.autograd.grad(sigma.sum(), a)
+    u = c_in * a.detach()
+    torch.testing.assert_close(c_out * act(u), sigma.detach(), rtol=1e-14, atol=1e-15)
+    fused = c_in * c_out * act_backward(torch.ones_like(u), u, act(u))
+    torch.testing.assert_close(fused, auto, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(DERIVATIVES[name](a.detach()), auto, rtol=1e-13, atol=1e-15)
 
 
 @pytest.mark.parametrize("bias", [False, True])
