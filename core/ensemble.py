@@ -62,6 +62,40 @@ class EnsembleNet:
             out = vmap(one)(*leaves)
         return out.detach(), (leaves, out)
 
+    def ntk(self, params: Sequence[torch.Tensor], x1: torch.Tensor, x2: torch.Tensor | None = None,
+            chunk: int = 256) -> torch.Tensor:
+        """Every member's empirical NTK Theta(x, x') = grad_theta f~(x) . grad_theta f~(x'), (M, n1, n2).
+
+        Generic: per-member Jacobians by torch.func.jacrev, ``chunk`` points at a time, so memory holds
+        at most 2 chunk N numbers per member. Architectures give faster ones (fc: layer by layer).
+        """
+        from torch.func import functional_call, jacrev, vmap
+
+        if not hasattr(self, "_base"):
+            self._base = copy.deepcopy(self.template).to("meta")
+        names = self.names
+
+        def jac(ps, x):
+            js = jacrev(lambda *q: functional_call(self._base, dict(zip(names, q)), (x,)),
+                        argnums=tuple(range(len(ps))))(*ps)
+            return torch.cat([j.reshape(len(x), -1) for j in js], 1)
+
+        def gram(ps, xa, xb):
+            return jac(ps, xa) @ jac(ps, xb).T
+
+        same = x2 is None
+        x2 = x1 if same else x2
+        out = torch.empty(len(params[0]), len(x1), len(x2), dtype=params[0].dtype, device=params[0].device)
+        with torch.no_grad():
+            for i in range(0, len(x1), chunk):
+                for j in range(0, len(x2), chunk):
+                    if same and j < i:
+                        out[:, i:i + chunk, j:j + chunk] = out[:, j:j + chunk, i:i + chunk].transpose(1, 2)
+                        continue
+                    out[:, i:i + chunk, j:j + chunk] = vmap(gram, in_dims=(0, None, None))(
+                        list(params), x1[i:i + chunk], x2[j:j + chunk])
+        return out
+
     def slopes(self, ctx: Any) -> list[torch.Tensor] | None:
         """The activation slopes sigma'(a) of a forward pass, each with leading dim M, or None if this
         class cannot give them. :meth:`backward` can take another pass's slopes: the gradient with the
@@ -101,6 +135,17 @@ def members_per_pass(elements_per_member: int, dtype: torch.dtype, device: torch
     if elements_per_member >= CPU_WIDE:
         size = min(size, CPU_WIDE_MEMBERS)
     return int(max(1, min(limit, size)))
+
+
+def ntk_by_loop(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Theta of one net the slow, obvious way (the reference's): one autograd gradient per point, then
+    their dot products. For checks and benchmarks of :meth:`EnsembleNet.ntk`."""
+    grads = []
+    for xi in x:
+        g = torch.autograd.grad(net(xi[None])[0], list(net.parameters()))
+        grads.append(torch.cat([t.reshape(-1) for t in g]))
+    g = torch.stack(grads)
+    return g @ g.T
 
 
 def stacked(models, x: torch.Tensor):

@@ -74,6 +74,38 @@ class FCEnsemble(EnsembleNet):
             pre.append(u)
         return u[..., 0], ((acts, pre) if grad else None)
 
+    def per_sample(self, params, x):
+        """Each layer's input z_{i-1} and the per-sample gradient d f~(x_mu) / d u_i, (M, n, .) each:
+        the backward pass with a unit cotangent, whose rows stay apart since f~(x_mu) depends on x_mu only."""
+        _, (acts, pre) = self.forward(params, x, grad=True)
+        ws, _ = self.layers(params)
+        M = len(ws[0])
+        deltas = [None] * self.n_layers
+        delta = torch.ones(M, len(acts[0]), 1, dtype=pre[-1].dtype, device=pre[-1].device)
+        for i in range(self.n_layers - 1, -1, -1):
+            deltas[i] = delta
+            if i == 0:
+                break
+            dz = delta * (ws[i] * self.k[i]) if ws[i].shape[1] == 1 else torch.bmm(delta, ws[i] * self.k[i])
+            delta = self.act_backward(dz, pre[i - 1], acts[i])
+        return [_per_member(a, M) for a in acts], deltas
+
+    def ntk(self, params, x1, x2=None, chunk=None):
+        """Theta(x, x') layer by layer, without the N x n Jacobian: d f~ / d W_i = k_i delta_i z_{i-1}^T, so
+        Theta = sum_i k_i^2 (Delta_i Delta_i'^T) (Z_{i-1} Z_{i-1}'^T) (elementwise), plus c_in^2 Delta_i Delta_i'^T
+        for the biases. Cost: two bmm per layer, (M, n1, n2) memory."""
+        a1, d1 = self.per_sample(params, x1)
+        a2, d2 = (a1, d1) if x2 is None else self.per_sample(params, x2)
+        _, bs = self.layers(params)
+        theta = None
+        for i, k in enumerate(self.k):
+            dd = torch.bmm(d1[i], d2[i].transpose(1, 2))
+            term = dd * torch.bmm(a1[i], a2[i].transpose(1, 2)) * k ** 2
+            if bs is not None and i < self.n_layers - 1:
+                term = term + dd * self.c_in ** 2
+            theta = term if theta is None else theta + term
+        return theta
+
     def slopes(self, ctx):
         """act'(u_i) of every hidden layer, (M, n, h) each (relu: sigma'(a_i))."""
         acts, pre = ctx
