@@ -1,4 +1,5 @@
-"""The phase diagram over (h, alpha_tilde): test error, ensemble test error eps(<f>), jammed region."""
+"""The phase diagram over (h, alpha_tilde): test error, ensemble test error eps(<f>), jammed region, and
+with the ``ntk`` observable the lazy / feature crossover line (NTK change ratio = 1)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,28 @@ def phase_diagram(cube: xr.Dataset, P: int | None = None) -> xr.Dataset:
         y = c["y_test"]
         out["ensemble_test_error"] = (f_mean * y <= 0).where(f_mean.notnull()).mean("test").assign_attrs(
             long_name="ensemble test error eps(<f>), <f> = mean over seeds of f")
+    if "ntk_change" in c:
+        out["ntk_change"] = np.exp(np.log(c["ntk_change"].where(ok)).mean("seed")).assign_attrs(
+            long_name="|Theta_end - Theta_0| / |Theta_0|, geometric mean over seeds")
     out.attrs["P"] = int(c["P"])
     return out
+
+
+def crossover(pdg: xr.Dataset, level: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The line where the NTK change ratio equals ``level``: for each h, the alpha_tilde at which the
+    geometric-mean ratio crosses it (linear in log alpha_tilde and log ratio, first crossing from the
+    feature side). Returns (h, alpha_tilde) of the widths where it crosses inside the grid."""
+    r = pdg["ntk_change"].sortby("alpha_tilde")
+    la = np.log(r["alpha_tilde"].values)
+    hs, alphas = [], []
+    for h in r["h"].values:
+        lr = np.log(r.sel(h=h).values) - np.log(level)
+        for i in range(len(la) - 1):
+            if np.isfinite(lr[i]) and np.isfinite(lr[i + 1]) and lr[i] > 0 >= lr[i + 1]:
+                hs.append(h)
+                alphas.append(float(np.exp(la[i] + (la[i + 1] - la[i]) * lr[i] / (lr[i] - lr[i + 1]))))
+                break
+    return np.asarray(hs), np.asarray(alphas)
 
 
 def log_edges(values) -> np.ndarray:
@@ -82,7 +103,15 @@ def phase_diagram_plot(cube: xr.Dataset, P: int | None = None, backend: str = "b
         else:
             mesh = mesh.opts(fig_inches=5, **common)
             pts = points.opts(color="red", marker="X", s=60, show_legend=False)
-        panels.append(mesh * pts if jammed.any() else mesh)
+        overlay = mesh * pts if jammed.any() else mesh
+        if "ntk_change" in pdg:  # the lazy / feature crossover: ratio 1 solid, 0.1 and 10 dashed
+            for level, dash in ((1.0, "solid"), (0.1, "dashed"), (10.0, "dashed")):
+                lh, la = crossover(pdg, level)
+                if len(lh) > 1:
+                    line = hv.Curve((lh, la), "h", "alpha_tilde", label=f"NTK change = {level:g}")
+                    style = {"line_dash": dash} if backend == "bokeh" else {"linestyle": "--" if dash == "dashed" else "-"}
+                    overlay = overlay * line.opts(color="white", **style)
+        panels.append(overlay)
     layout = hv.Layout(panels).cols(2)
     return layout.opts(hspace=0.9, sublabel_format="") if backend == "matplotlib" else layout
 

@@ -66,18 +66,21 @@ class EnsembleNet:
             chunk: int = 256) -> torch.Tensor:
         """Every member's empirical NTK Theta(x, x') = grad_theta f~(x) . grad_theta f~(x'), (M, n1, n2).
 
-        Generic: per-member Jacobians by torch.func.jacrev, ``chunk`` points at a time, so memory holds
-        at most 2 chunk N numbers per member. Architectures give faster ones (fc: layer by layer).
+        Generic: per-sample gradients by torch.func (vmap of grad over the points), ``chunk`` points at
+        a time, so memory holds at most 2 chunk N numbers per member. Architectures give faster ones
+        (fc: layer by layer).
         """
-        from torch.func import functional_call, jacrev, vmap
+        from torch.func import functional_call, grad, vmap
 
         if not hasattr(self, "_base"):
             self._base = copy.deepcopy(self.template).to("meta")
         names = self.names
 
+        def single(q, xi):
+            return functional_call(self._base, dict(zip(names, q)), (xi[None],))[0]
+
         def jac(ps, x):
-            js = jacrev(lambda *q: functional_call(self._base, dict(zip(names, q)), (x,)),
-                        argnums=tuple(range(len(ps))))(*ps)
+            js = vmap(grad(single), in_dims=(None, 0))(tuple(ps), x)
             return torch.cat([j.reshape(len(x), -1) for j in js], 1)
 
         def gram(ps, xa, xb):
@@ -140,6 +143,8 @@ def members_per_pass(elements_per_member: int, dtype: torch.dtype, device: torch
 def ntk_by_loop(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Theta of one net the slow, obvious way (the reference's): one autograd gradient per point, then
     their dot products. For checks and benchmarks of :meth:`EnsembleNet.ntk`."""
+    if not all(p.requires_grad for p in net.parameters()):
+        net = copy.deepcopy(net).requires_grad_(True)  # a frozen net (theta_0)
     grads = []
     for xi in x:
         g = torch.autograd.grad(net(xi[None])[0], list(net.parameters()))

@@ -198,6 +198,9 @@ class Observable(Component):
         """Coordinates of this observable's own dims, where they have values (``time``, say)."""
         return {}
 
+    def check(self, dataset: "Dataset") -> None:
+        """Raise ValueError if this observable cannot measure runs on the dataset (checked with the spec)."""
+
     @abc.abstractmethod
     def measure(self, run: "RunState") -> Mapping[str, Any]:
         """Values for (a subset of) ``variables``: scalars or arrays shaped by each one's ``dims``."""

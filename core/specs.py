@@ -314,6 +314,11 @@ def build_spec(raw: Mapping[str, Any], manager: PluginManager | None = None) -> 
         architecture.check(dataset)
     except ValueError as exc:
         raise SpecError(f"architecture: {exc}") from None
+    for obs in observables:
+        try:
+            obs.check(dataset)
+        except ValueError as exc:
+            raise SpecError(f"observables.{obs.name}: {exc}") from None
     tracked = [o.name for o in observables if hasattr(o, "checkpoints")]
     if len(tracked) > 1:
         raise SpecError(f"observables {tracked} each set checkpoints; keep one of them")

@@ -1,8 +1,13 @@
 """The empirical NTK of ensembles: the layer-by-layer fc kernel, torch.func's Jacobians, and a loop of
 per-sample autograd gradients must give the same Gram matrices."""
 
+import numpy as np
 import pytest
 import torch
+
+import dlphase
+from dlphase.errors import SpecError
+from dlphase.run import Run
 
 from dlphase.ensemble import EnsembleNet, ensemble_of, ntk_by_loop
 from dlphase.plugins.cnn import CNN
@@ -40,3 +45,37 @@ def test_generic_ntk_for_the_cnn_matches_the_loop():
     theta = ens.ntk(ens.stack(nets), x, chunk=3)
     for m, net in enumerate(nets):
         torch.testing.assert_close(theta[m], ntk_by_loop(net, x), rtol=1e-10, atol=1e-12)
+
+
+def _ntk_spec(*overrides):
+    raw = {"dataset": {"name": "mnist", "pca": 5, "n_test": 100, "n_kernel": 40},
+           "architecture": {"name": "fc", "depth": 2, "activation": "swish"},
+           "dynamics": {"name": "gradient_flow", "loss": "soft_hinge", "max_steps": 3000},
+           "observables": {"names": ["errors", "ntk"], "ntk": {"top": 5, "store_gram": True}},
+           "grid": {"h": [32], "alpha_tilde": [0.1, 1e3], "P": [100]}}
+    return dlphase.specs.build_spec(dlphase.specs.apply_overrides(raw, list(overrides)))
+
+
+def test_ntk_observable_against_the_loop():
+    """Theta_0 and Theta_end equal the per-sample loop on the run's nets; the ratio and eigenvalues follow
+    from them; the lazy point (alpha_tilde = 1e3) moves its kernel far less than alpha_tilde = 0.1."""
+    spec = _ntk_spec()
+    change = {}
+    for point in spec.grid.points():
+        run = Run(spec, **point)
+        ds = run.train()
+        xk = torch.as_tensor(run.data.x_kernel)
+        g0, g1 = ds["ntk_gram_init"].values, ds["ntk_gram_end"].values
+        np.testing.assert_allclose(g0, ntk_by_loop(run.model.net0, xk).numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(g1, ntk_by_loop(run.model.net, xk).numpy(), rtol=1e-10, atol=1e-12)
+        ratio = np.linalg.norm(g1 - g0) / np.linalg.norm(g0)
+        assert float(ds["ntk_change"]) == pytest.approx(ratio, rel=1e-10)
+        np.testing.assert_allclose(ds["ntk_eig_init"].values, np.linalg.eigvalsh(g0)[::-1][:5], rtol=1e-10)
+        assert list(ds["eig"].values) == [1, 2, 3, 4, 5]
+        change[point["alpha_tilde"]] = ratio
+    assert change[1e3] < 0.05 < change[0.1]
+
+
+def test_ntk_needs_kernel_points():
+    with pytest.raises(SpecError, match=r"observables\.ntk: .*n_kernel = 0"):
+        _ntk_spec("dataset.n_kernel=0")

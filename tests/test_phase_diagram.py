@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from dlphase.analyses.phase_diagram import log_edges, phase_diagram, save_phase_diagram
+from dlphase.analyses.phase_diagram import crossover, log_edges, phase_diagram, save_phase_diagram
 
 
 def synthetic_cube():
@@ -68,3 +68,34 @@ def test_unknown_P():
 
     with pytest.raises(DlphaseError, match="P = 7 is not in the cube; it holds P = 50"):
         phase_diagram(synthetic_cube(), P=7)
+
+
+def ntk_cube():
+    """ratio = c(h) / alpha_tilde for the geometric mean of seeds at 2x and x/2, c = 0.3 (h=2), 3 (h=8)."""
+    cube = synthetic_cube()
+    c = xr.DataArray([0.3, 3.0], coords={"h": [2, 8]})
+    a = xr.DataArray([0.01, 1.0, 100.0], coords={"alpha_tilde": [0.01, 1.0, 100.0]})
+    spread = xr.DataArray([2.0, 0.5, 1.0], coords={"seed": [0, 1, 2]})
+    ratio = (c / a * spread).expand_dims(P=[50]).transpose("h", "alpha_tilde", "P", "seed")
+    cube = cube.reindex(alpha_tilde=[0.01, 1.0, 100.0], fill_value=0.0)
+    cube["status"] = cube["status"].where(cube["status"] != 0, "converged")
+    cube["ntk_change"] = ratio
+    return cube
+
+
+def test_crossover_line():
+    pd = phase_diagram(ntk_cube())
+    np.testing.assert_allclose(pd["ntk_change"].sel(h=8).values, [300, 3, 0.03], rtol=1e-12)
+    h, a = crossover(pd, 1.0)
+    np.testing.assert_allclose(h, [2, 8])
+    np.testing.assert_allclose(a, [0.3, 3.0], rtol=1e-12)  # exact: log-linear in a power law
+    h, a = crossover(pd, 10.0)
+    np.testing.assert_allclose(a, [0.03, 0.3], rtol=1e-12)
+    h, a = crossover(pd, 1e4)
+    assert len(h) == 0  # no crossing inside the grid
+
+
+def test_crossover_in_the_plot(tmp_path):
+    path = tmp_path / "pd.html"
+    save_phase_diagram(ntk_cube(), path)
+    assert "NTK change = 1" in path.read_text()
