@@ -1,4 +1,4 @@
-"""Science checks on real data at the reference's setting (slow: about 2 minutes; run with -m slow).
+"""Science checks on real data at the reference's setting (slow: a few minutes; run with -m slow).
 
 FC, L = 2, h = 100, normalised swish, soft hinge (beta = 20), MNIST parity 10 PCA, P = 1000: the
 reference converges at alpha_tilde = 2^20 in 2826 steps with test error about 0.11 (SCIENCE.md).
@@ -33,3 +33,19 @@ def test_small_nets_jam_and_large_nets_do_not():
     large = dlphase.Run(spec, h=64, alpha_tilde=1e3, P=1000).train()
     assert small["status"].item() == "budget" and int(small["n_delta"]) > 100
     assert large["status"].item() == "converged"
+
+
+@pytest.mark.slow
+def test_ntk_change_crosses_one_between_lazy_and_feature(tmp_path):
+    """The NTK change ratio falls through 1 as alpha_tilde grows, at an alpha_tilde that hardly moves
+    with h (alpha* ~ 1 / sqrt(h)), and the lazy end barely moves its kernel (examples/ntk_crossover.toml)."""
+    from dlphase.analyses.phase_diagram import crossover, phase_diagram
+
+    spec = dlphase.load_spec(Path(__file__).parent.parent / "examples" / "ntk_crossover.toml",
+                             ["grid.alpha_tilde=[1e-2, 1.0, 1e2, 1e4]", "grid.seed=[0]"])
+    pdg = phase_diagram(dlphase.sweep(spec, tmp_path / "ntk.nc", progress=False))
+    ratio = pdg["ntk_change"]
+    assert float(ratio.sel(alpha_tilde=1e-2).min()) > 10 and float(ratio.sel(alpha_tilde=1e4).max()) < 1e-2
+    assert (ratio.diff("alpha_tilde") < 0).all()
+    h, a = crossover(pdg, 1.0)
+    assert list(h) == [30, 100] and all(1.0 < v < 100.0 for v in a) and max(a) / min(a) < 3
