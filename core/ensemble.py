@@ -13,6 +13,7 @@ setting ``ensemble_class`` on their module class (see ``dlphase.plugins.fc``).
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any, Sequence
 
 import torch
@@ -27,6 +28,11 @@ class EnsembleNet:
     def __init__(self, nets: Sequence[torch.nn.Module]):
         self.template = nets[0]
         self.names = [name for name, _ in nets[0].named_parameters()]
+
+    @functools.cached_property
+    def base(self) -> torch.nn.Module:
+        """The module without its parameters' storage (on the meta device), for torch.func.functional_call."""
+        return copy.deepcopy(self.template).to("meta")
 
     def elements_per_member(self, n: int) -> int:
         """Size of one member's widest activation on n inputs (sets how many members share a pass).
@@ -47,12 +53,10 @@ class EnsembleNet:
         """Outputs (M, n); with ``grad`` also a context for :meth:`backward`."""
         from torch.func import functional_call, vmap
 
-        if not hasattr(self, "_base"):
-            self._base = copy.deepcopy(self.template).to("meta")
         names = self.names
 
         def one(*ps):
-            return functional_call(self._base, dict(zip(names, ps)), (x,))
+            return functional_call(self.base, dict(zip(names, ps)), (x,))
 
         if not grad:
             with torch.no_grad():
@@ -72,12 +76,10 @@ class EnsembleNet:
         """
         from torch.func import functional_call, grad, vmap
 
-        if not hasattr(self, "_base"):
-            self._base = copy.deepcopy(self.template).to("meta")
         names = self.names
 
         def single(q, xi):
-            return functional_call(self._base, dict(zip(names, q)), (xi[None],))[0]
+            return functional_call(self.base, dict(zip(names, q)), (xi[None],))[0]
 
         def jac(ps, x):
             js = vmap(grad(single), in_dims=(None, 0))(tuple(ps), x)

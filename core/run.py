@@ -15,7 +15,7 @@ from .errors import DlphaseError, SpecError
 from .interfaces import Data, RunState, TorchData, Variable
 from .model import AlphaModel, alpha_of
 from .results import TrainResult
-from .specs import GRID_DIMS, Spec
+from .specs import GRID_DIMS, Spec, validation_points
 from .trajectory import Monitor
 
 #: Variables every run records, whatever its observables.
@@ -34,12 +34,6 @@ def load_data(dataset, P: int, n_validation: int = 0) -> Data:
     """``dataset.load(P)`` (with ``n_validation`` validation points for early stopping), cached in memory
     per process and on disk across processes."""
     return data_cache.load(dataset, P, n_validation)
-
-
-def n_validation(spec: Spec) -> int:
-    """Validation points the spec's dynamics holds out for early stopping (0 without early stopping)."""
-    early = getattr(spec.dynamics, "early_stopping", None)
-    return early.n_validation if early is not None else 0
 
 
 class Run:
@@ -73,7 +67,7 @@ class Run:
 
     @functools.cached_property
     def data(self) -> Data:
-        return load_data(self.spec.dataset, self.point["P"], n_validation(self.spec))
+        return load_data(self.spec.dataset, self.point["P"], validation_points(self.spec.dynamics))
 
     @functools.cached_property
     def tensors(self) -> TorchData:

@@ -326,8 +326,7 @@ def build_spec(raw: Mapping[str, Any], manager: PluginManager | None = None) -> 
         raise SpecError(f"observable {tracked[0]!r} records along the flow, but dynamics {dynamics.name!r} "
                         f"takes no monitor; drop {tracked[0]!r} or use a dynamics that records checkpoints")
     limit = dataset.max_train()
-    early = getattr(dynamics, "early_stopping", None)
-    held = early.n_validation if early is not None else 0
+    held = validation_points(dynamics)
     if limit is not None and max(grid.P) + held > limit:
         if held:
             raise SpecError(f"grid.P = {max(grid.P)} plus dynamics.early_stopping.n_validation = {held} is more than "
@@ -337,6 +336,12 @@ def build_spec(raw: Mapping[str, Any], manager: PluginManager | None = None) -> 
                         f"{dataset.name!r} can serve with these parameters; lower P (or the test set size)")
     return Spec(dataset=dataset, architecture=architecture, dynamics=dynamics,
                 observables=observables, grid=grid, run=run)
+
+
+def validation_points(dynamics: Dynamics) -> int:
+    """Validation points the dynamics holds out for early stopping (0 without early stopping)."""
+    early = getattr(dynamics, "early_stopping", None)
+    return early.n_validation if early is not None else 0
 
 
 def _table(value, path):

@@ -16,11 +16,8 @@ import torch
 from dlphase import TrainResult
 from dlphase.ensemble import stacked
 
-from .stopping import common_rules, finish_member, validation_tracker
-
-
-def _rows(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape((-1,) + (1,) * (like.dim() - 1))
+from .batched import feed_checkpoints, loss_coefficients
+from .stopping import common_rules, finish_member, stops, validation_tracker
 
 
 def descend_ensemble(dyn, models, data, monitors, batch_size: int | None = None, momentum: float = 0.0,
@@ -50,44 +47,42 @@ def descend_ensemble(dyn, models, data, monitors, batch_size: int | None = None,
     steps = 0
 
     def coefficients(out, a, yb, f0b):
-        """dObjective/dout for objective = mean l(y alpha (out - f0)) / alpha^2 over the batch."""
-        m = (yb * (a[:, None] * (out - f0b))).detach().requires_grad_(True)
-        with torch.enable_grad():
-            per = loss(m)
-            (dm,) = torch.autograd.grad(per.sum(), m)
-        return dm * yb / (len(yb) * a[:, None]), per.detach(), m.detach()
+        """dObjective/df~ for objective = mean l(y alpha (f~ - f~0)) / alpha^2 over the points given, the
+        per-point losses and the margins."""
+        m = yb * (a[:, None] * (out - f0b))
+        return (*loss_coefficients(loss, m, yb, a), m)
 
     while idx:
         t = steps * dyn.lr
-        out = ctx = None
+        ctx = coef = None
         if steps % epoch == 0:  # the stop rules, checkpoints and validation, on the whole training set
             out, ctx = net.forward(params, x, grad=full)
-            per, marg = coefficients(out, alpha, y, f0)[1:]
-            _checkpoints(net, params, params0, idx, monitors, trackers, data, alpha, per, marg, t, steps)
+            coef, per, marg = coefficients(out, alpha, y, f0)
+            feed_checkpoints(net, params, params0, range(len(idx)), idx, monitors, trackers, data, alpha, t, steps,
+                             per.mean(1), marg)
             elapsed = time.perf_counter() - start
             rules = common_rules(dyn, torch.isfinite(out).all(1), marg, steps, t, elapsed,
                                  [trackers[m] for m in idx])
-            stopping = torch.stack([r[0] for r in rules]).any(0)
-            if bool(stopping.any()):
-                for j in torch.nonzero(stopping).flatten().tolist():
-                    status, message = next((st, msg(j)) for mask, st, msg in rules if bool(mask[j]))
+            stopped = stops(rules)
+            if stopped:
+                for j, status, message in stopped:
                     m = idx[j]
                     results[m] = finish_member(net, params, j, models[m], trackers[m], monitors[m], status, message,
                                                steps, t, elapsed)
-                keep = torch.nonzero(~stopping).flatten()
-                idx = [m for j, m in enumerate(idx) if not bool(stopping[j])]
+                gone = {j for j, _, _ in stopped}
+                keep = torch.tensor([j for j in range(len(idx)) if j not in gone], dtype=torch.long, device=x.device)
+                idx = [m for j, m in enumerate(idx) if j not in gone]
                 if not idx:
                     break
                 params, params0 = ([v.index_select(0, keep) for v in vs] for vs in (params, params0))
                 if velocity is not None:
                     velocity = [v.index_select(0, keep) for v in velocity]
-                alpha, f0, out = (v.index_select(0, keep) for v in (alpha, f0, out))
-                if full:
-                    out, ctx = net.forward(params, x, grad=True)
+                alpha, f0 = (v.index_select(0, keep) for v in (alpha, f0))
+                ctx = None  # the members' context changed: computed again below
         if full:
             if ctx is None:
                 out, ctx = net.forward(params, x, grad=True)
-            coef = coefficients(out, alpha, y, f0)[0]
+                coef = coefficients(out, alpha, y, f0)[0]
         else:
             if pos >= P:
                 order, pos = torch.randperm(P, generator=gen), 0

@@ -33,7 +33,8 @@ import torch
 from dlphase import TrainResult
 from dlphase.ensemble import stacked
 
-from .stopping import common_rules, finish_member, validation_tracker
+from .batched import feed_checkpoints, loss_coefficients
+from .stopping import common_rules, finish_member, stops, validation_tracker
 
 
 def _sq(ts: list[torch.Tensor]) -> torch.Tensor:
@@ -55,7 +56,6 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
     """
     start = time.perf_counter()
     x, y = data.x_train, data.y_train
-    P = len(y)
     M = len(models)
     net, params, params0, alpha, f0 = stacked(models, x)  # params0: theta_0 of the members still in the batch
     loss = flow.loss
@@ -65,20 +65,12 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
     def margins(out, a, f0_):
         return y * (a[:, None] * (out - f0_))
 
-    def coefficients(m, a):
-        """dObjective/dout for objective_m = mean_mu l(m_mu) / alpha_m^2, and the per-member objective."""
-        m = m.detach().requires_grad_(True)
-        with torch.enable_grad():
-            per = loss(m)
-            (dm,) = torch.autograd.grad(per.sum(), m)
-        obj = per.detach().mean(1) / a ** 2
-        return dm * y / (P * a[:, None]), obj
-
     def evaluate(p, a, f0_):
+        """f~, margins, dObjective/df~, the objective mean l / alpha^2, its gradient, and the context."""
         out, ctx = net.forward(p, x, grad=True)
         m = margins(out, a, f0_)
-        c, obj = coefficients(m, a)
-        return out, m, c, obj, net.backward(p, ctx, c), ctx
+        c, per = loss_coefficients(loss, m, y, a)
+        return out, m, c, per.mean(1) / a ** 2, net.backward(p, ctx, c), ctx
 
     out, marg, coef, obj, g, ctx = evaluate(params, alpha, f0)
     slopes = net.slopes(ctx) if robust and net.kinked else None
@@ -90,39 +82,16 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
     idx = list(range(M))                      # the members still in the batch, in batch order
     results: list[TrainResult | None] = [None] * M
 
-    def observe(members):
-        """Feed the monitors whose next checkpoint the members' flow time has reached."""
-        due = [j for j in members if monitors[idx[j]] is not None and monitors[idx[j]].due(float(t[j]))]
-        if not due:
-            return
-        sel = torch.tensor(due, device=x.device)
-        p_sel = [v.index_select(0, sel) for v in params]
-        with torch.no_grad():
-            test_out, _ = net.forward(p_sel, data.x_test)
-        disp = _sq([v - v0.index_select(0, sel) for v, v0 in zip(p_sel, params0)]).sqrt()
-        for r, j in enumerate(due):
-            mon = monitors[idx[j]]
-            f_test = alpha[j] * (test_out[r] - mon.f0_test)
-            mon.record(t=float(t[j]), train_loss=float(obj[j] * alpha[j] ** 2),
-                       n_delta=int((marg[j] < 1).sum()), f_test=f_test, displacement=float(disp[r]))
-
     trackers = [validation_tracker(flow, m, data) for m in models]  # early stopping, or None
 
-    def validate(members):
-        """Evaluate the validation metric of the members whose next early-stopping checkpoint is due."""
-        due = [j for j in members if trackers[idx[j]] is not None and trackers[idx[j]].due(float(t[j]))]
-        if not due:
-            return
-        sel = torch.tensor(due, device=x.device)
-        with torch.no_grad():
-            val_out, _ = net.forward([v.index_select(0, sel) for v in params], data.x_val)
-        for r, j in enumerate(due):
-            trackers[idx[j]].update(float(t[j]), int(steps[j]), val_out[r], [v[j] for v in params])
+    def checkpoints(positions):
+        feed_checkpoints(net, params, params0, positions, idx, monitors, trackers, data, alpha, t, steps,
+                         obj * alpha ** 2, marg)
 
     for j, mon in enumerate(monitors):
         if mon is not None:
             mon.start(models[j], data)
-    observe(range(M))
+    checkpoints(range(M))
 
     while idx:
         # the stop rules, per member, in order of precedence
@@ -132,16 +101,15 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
             (dt < flow.min_dt, "budget", lambda j: f"stalled: dt = {float(dt[j]):.3g} fell below min_dt = {flow.min_dt:g}"),
             (gnorm2 == 0, "budget", lambda j: "stalled: zero gradient with unsatisfied margins"),
         ]
-        stopping = torch.stack([r[0] for r in rules]).any(0)
-        if bool(stopping.any()):
-            stop = torch.nonzero(stopping).flatten().tolist()
-            for j in stop:
-                status, message = next((st, msg(j)) for mask, st, msg in rules if bool(mask[j]))
+        stopped = stops(rules)
+        if stopped:
+            for j, status, message in stopped:
                 m = idx[j]
                 results[m] = finish_member(net, params, j, models[m], trackers[m], monitors[m], status, message,
                                            int(steps[j]), float(t[j]), elapsed, rejected=int(rejected[j]))
-            keep = torch.nonzero(~stopping).flatten()
-            idx = [m for j, m in enumerate(idx) if not bool(stopping[j])]
+            gone = {j for j, _, _ in stopped}
+            keep = torch.tensor([j for j in range(len(idx)) if j not in gone], dtype=torch.long, device=x.device)
+            idx = [m for j, m in enumerate(idx) if j not in gone]
             if not idx:
                 break
             params, params0, g = ([v.index_select(0, keep) for v in vs] for vs in (params, params0, g))
@@ -199,8 +167,6 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
         gnorm2 = torch.where(ok, new_gnorm2, gnorm2)
         dt = new_dt
         if any(mon is not None for mon in monitors) or any(tr is not None for tr in trackers):
-            accepted = [j for j in range(len(idx)) if bool(ok[j])]
-            observe(accepted)
-            validate(accepted)
+            checkpoints([j for j in range(len(idx)) if bool(ok[j])])
 
     return results

@@ -74,26 +74,34 @@ class FCEnsemble(EnsembleNet):
             pre.append(u)
         return u[..., 0], ((acts, pre) if grad else None)
 
+    def _backprop(self, ws, ctx, delta, slopes=None):
+        """Yield (i, d/du_i) for the layers i = last .. 0, from the read-out's cotangent ``delta`` (M, n, 1);
+        with ``slopes``, through those activation slopes instead of the pass's own."""
+        acts, pre = ctx
+        for i in range(self.n_layers - 1, -1, -1):
+            yield i, delta
+            if i == 0:
+                return
+            if ws[i].shape[1] == 1:
+                dz = delta * (ws[i] * self.k[i])                        # outer product, (M, n, h)
+            else:
+                dz = torch.bmm(delta, ws[i] * self.k[i])
+            delta = self.act_backward(dz, pre[i - 1], acts[i]) if slopes is None else dz * slopes[i - 1]
+
     def per_sample(self, params, x):
         """Each layer's input z_{i-1} and the per-sample gradient d f~(x_mu) / d u_i, (M, n, .) each:
         the backward pass with a unit cotangent, whose rows stay apart since f~(x_mu) depends on x_mu only."""
-        _, (acts, pre) = self.forward(params, x, grad=True)
+        out, ctx = self.forward(params, x, grad=True)
         ws, _ = self.layers(params)
-        M = len(ws[0])
         deltas = [None] * self.n_layers
-        delta = torch.ones(M, len(acts[0]), 1, dtype=pre[-1].dtype, device=pre[-1].device)
-        for i in range(self.n_layers - 1, -1, -1):
+        for i, delta in self._backprop(ws, ctx, torch.ones_like(out)[..., None]):
             deltas[i] = delta
-            if i == 0:
-                break
-            dz = delta * (ws[i] * self.k[i]) if ws[i].shape[1] == 1 else torch.bmm(delta, ws[i] * self.k[i])
-            delta = self.act_backward(dz, pre[i - 1], acts[i])
-        return [_per_member(a, M) for a in acts], deltas
+        return [_per_member(a, len(out)) for a in ctx[0]], deltas
 
     def ntk(self, params, x1, x2=None, chunk=None):
         """Theta(x, x') layer by layer, without the N x n Jacobian: d f~ / d W_i = k_i delta_i z_{i-1}^T, so
         Theta = sum_i k_i^2 (Delta_i Delta_i'^T) (Z_{i-1} Z_{i-1}'^T) (elementwise), plus c_in^2 Delta_i Delta_i'^T
-        for the biases. Cost: two bmm per layer, (M, n1, n2) memory."""
+        for the biases. Cost: two bmm per layer, (M, n1, n2) memory (``chunk``, for the generic path, is unused)."""
         a1, d1 = self.per_sample(params, x1)
         a2, d2 = (a1, d1) if x2 is None else self.per_sample(params, x2)
         _, bs = self.layers(params)
@@ -113,22 +121,12 @@ class FCEnsemble(EnsembleNet):
 
     def backward(self, params, ctx, dout, slopes=None):
         ws, bs = self.layers(params)
-        acts, pre = ctx
+        acts = ctx[0]
         gw, gb = [None] * self.n_layers, [None] * (self.n_layers - 1)
-        delta = dout[..., None]                                        # (M, n, 1): d/du of the read-out
-        for i in range(self.n_layers - 1, -1, -1):
+        for i, delta in self._backprop(ws, ctx, dout[..., None], slopes):
             gw[i] = torch.bmm(delta.transpose(1, 2), _per_member(acts[i], len(delta))) * self.k[i]
-            if i == 0:
-                break
-            if ws[i].shape[1] == 1:
-                dz = delta * (ws[i] * self.k[i])                        # outer product, (M, n, h)
-            else:
-                dz = torch.bmm(delta, ws[i] * self.k[i])
-            if slopes is None:
-                delta = self.act_backward(dz, pre[i - 1], acts[i])
-            else:
-                delta = dz * slopes[i - 1]
-            gb[i - 1] = delta.sum(1) * self.c_in
+            if i < self.n_layers - 1:
+                gb[i] = delta.sum(1) * self.c_in
         return self.join(gw, gb if bs is not None else None)
 
 

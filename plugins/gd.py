@@ -14,31 +14,23 @@ import attrs
 
 import dlphase
 from dlphase import param
-from dlphase.ensemble import in_passes
 from dlphase.specs import non_negative, positive
 
+from .batched import Batched
 from .ensemble_descent import descend_ensemble
-from .stopping import Budgeted
 
 
 @attrs.frozen(kw_only=True)
-class Descent(Budgeted):
-    """What GD and SGD share: a step ``lr``, and training as batched ensembles in passes."""
+class Descent(Batched):
+    """What GD and SGD share: a step ``lr``, and the batched engine of ensemble_descent.py."""
 
     lr: float = param(default=1.0, doc="the fixed step (learning rate); t = lr x steps", validator=positive)
 
     def _engine_options(self) -> dict:
         return {}
 
-    def train(self, model, data, monitor=None):
-        """One net: an ensemble of one (see ensemble_descent.py), so alone and in an ensemble agree."""
-        return self.train_ensemble([model], data, [monitor])[0]
-
-    def train_ensemble(self, models, data, monitors=None):
-        """Train several members of one architecture and width together, in passes of as many members
-        as memory (GPU) or cache (CPU) serves well."""
-        return in_passes(lambda ms, mons: descend_ensemble(self, ms, data, mons, **self._engine_options()),
-                         models, data, monitors)
+    def train_pass(self, models, data, monitors):
+        return descend_ensemble(self, models, data, monitors, **self._engine_options())
 
 
 @attrs.frozen(kw_only=True)

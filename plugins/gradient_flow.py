@@ -18,15 +18,14 @@ import attrs
 
 import dlphase
 from dlphase import param
-from dlphase.ensemble import in_passes
 from dlphase.specs import non_negative, positive
 
+from .batched import Batched
 from .ensemble_flow import train_ensemble
-from .stopping import Budgeted
 
 
 @attrs.frozen(kw_only=True)
-class GradientFlow(Budgeted):
+class GradientFlow(Batched):
     """Full-batch gradient flow by adaptive Euler steps (robust or reference rule); stops when all y f >= 1."""
 
     name: ClassVar[str] = "gradient_flow"
@@ -47,14 +46,8 @@ class GradientFlow(Budgeted):
     min_dt: float = param(default=1e-30, doc="stop as stalled (status budget) when dt falls below this",
                           validator=non_negative)
 
-    def train(self, model, data, monitor=None):
-        """One net: an ensemble of one (see ensemble_flow.py), so alone and in an ensemble agree."""
-        return self.train_ensemble([model], data, [monitor])[0]
-
-    def train_ensemble(self, models, data, monitors=None):
-        """Train several members of one architecture and width together (see ensemble_flow.py), in
-        passes of as many members as memory (GPU) or cache (CPU) serves well."""
-        return in_passes(lambda ms, mons: train_ensemble(self, ms, data, mons), models, data, monitors)
+    def train_pass(self, models, data, monitors):
+        return train_ensemble(self, models, data, monitors)
 
 
 @dlphase.hookimpl

@@ -63,6 +63,11 @@ def finish_member(net, params, j, model, tracker, monitor, status: str, message:
     return TrainResult(status=status, message=message, steps=steps, rejected=rejected, t=t, wall_seconds=elapsed)
 
 
+def value_at(v, j: int) -> float:
+    """Batch position j's value of a per-member tensor, or a number shared by the batch."""
+    return float(v[j]) if isinstance(v, torch.Tensor) else float(v)
+
+
 def common_rules(dyn, finite, margins, trials, t, elapsed: float, trackers) -> list:
     """The stop rules of every dynamics for a batch of members, in order of precedence.
 
@@ -76,15 +81,20 @@ def common_rules(dyn, finite, margins, trials, t, elapsed: float, trackers) -> l
     def mask(v):
         return v if isinstance(v, torch.Tensor) else torch.full((M,), bool(v), device=device)
 
-    def at(v, j):
-        return float(v[j]) if isinstance(v, torch.Tensor) else float(v)
-
     early = torch.tensor([tr is not None and tr.stopped for tr in trackers], device=device)
     return [
         (~finite, "diverged", lambda j: "non-finite output or gradient"),
         ((margins >= 1).all(1), "converged", lambda j: ""),
-        (early, "early_stopped", lambda j: trackers[j].message(at(t, j))),
+        (early, "early_stopped", lambda j: trackers[j].message(value_at(t, j))),
         (mask(trials >= dyn.max_steps), "budget", lambda j: f"max_steps = {dyn.max_steps} {dyn.steps_name} reached"),
         (mask(t >= dyn.max_time), "budget", lambda j: f"max_time = {dyn.max_time:g} reached"),
         (mask(elapsed >= dyn.max_seconds), "budget", lambda j: f"max_seconds = {dyn.max_seconds:g} reached"),
     ]
+
+
+def stops(rules) -> list[tuple[int, str, str]]:
+    """(position, status, message) of every batch position that must stop, by the first of ``rules``
+    (as :func:`common_rules` gives them) whose mask holds for it."""
+    stopping = torch.stack([r[0] for r in rules]).any(0)
+    return [(j, *next((status, message(j)) for mask, status, message in rules if bool(mask[j])))
+            for j in torch.nonzero(stopping).flatten().tolist()]
