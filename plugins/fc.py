@@ -148,6 +148,13 @@ class FCNet(torch.nn.Module):
         self.activation = activation
         self.sigma = ACTIVATIONS[activation]
 
+    def infinite_kernels(self, x1, x2=None, quadrature: int = 32):
+        """The h -> infinity NNGP and NTK of this net's architecture (infinite_width.py)."""
+        from .infinite_width import fc_kernels
+
+        return fc_kernels(x1, x2, depth=len(self.weights) - 1, activation=self.activation,
+                          bias=self.biases is not None, quadrature=quadrature)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = x.flatten(1)
         last = len(self.weights) - 1
@@ -172,6 +179,13 @@ class FC(Architecture):
 
     def build(self, h, input_shape, generator):
         return FCNet(math.prod(input_shape), h, self.depth, self.activation, self.bias, generator)
+
+    def infinite_kernels(self, x1, x2=None, quadrature: int = 32):
+        """The h -> infinity NNGP and NTK of f~ between the rows of x1 and x2 (infinite_width.py)."""
+        from .infinite_width import fc_kernels
+
+        return fc_kernels(x1, x2, depth=self.depth, activation=self.activation, bias=self.bias,
+                          quadrature=quadrature)
 
 
 @dlphase.hookimpl
