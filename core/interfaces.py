@@ -166,6 +166,9 @@ class Dynamics(Component):
     kind = "dynamics"
     loss: Loss
 
+    def check(self, architecture: "Architecture", dataset: "Dataset") -> None:
+        """Raise ValueError if this dynamics cannot train the architecture on the dataset (checked with the spec)."""
+
     @abc.abstractmethod
     def train(self, model: "AlphaModel", data: TorchData, monitor=None) -> "TrainResult":
         """Train ``model`` in place on ``data``; say why and when it stopped. ``monitor``

@@ -26,8 +26,12 @@ class AlphaModel(torch.nn.Module):
         self.net = net
         self.net0 = copy.deepcopy(net).requires_grad_(False)
         self.alpha = float(alpha)
+        #: set by kernel methods: a module x -> f(x) that replaces alpha (f~ - f~0) as the run's predictor
+        self.predictor: torch.nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.predictor is not None:
+            return self.predictor(x)
         with torch.no_grad():
             f0 = self.net0(x)
         return self.alpha * (self.net(x) - f0)

@@ -314,6 +314,10 @@ def build_spec(raw: Mapping[str, Any], manager: PluginManager | None = None) -> 
         architecture.check(dataset)
     except ValueError as exc:
         raise SpecError(f"architecture: {exc}") from None
+    try:
+        dynamics.check(architecture, dataset)
+    except ValueError as exc:
+        raise SpecError(f"dynamics: {exc}") from None
     for obs in observables:
         try:
             obs.check(dataset)

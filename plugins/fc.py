@@ -148,7 +148,7 @@ class FCNet(torch.nn.Module):
         self.activation = activation
         self.sigma = ACTIVATIONS[activation]
 
-    def infinite_kernels(self, x1, x2=None, quadrature: int = 32):
+    def infinite_kernels(self, x1, x2=None, quadrature: int = 24):
         """The h -> infinity NNGP and NTK of this net's architecture (infinite_width.py)."""
         from .infinite_width import fc_kernels
 
@@ -180,7 +180,7 @@ class FC(Architecture):
     def build(self, h, input_shape, generator):
         return FCNet(math.prod(input_shape), h, self.depth, self.activation, self.bias, generator)
 
-    def infinite_kernels(self, x1, x2=None, quadrature: int = 32):
+    def infinite_kernels(self, x1, x2=None, quadrature: int = 24):
         """The h -> infinity NNGP and NTK of f~ between the rows of x1 and x2 (infinite_width.py)."""
         from .infinite_width import fc_kernels
 

@@ -10,9 +10,9 @@ For relu the Gaussian expectations are the arc-cosine kernels (Cho & Saul): with
 correlation, E[relu(u) relu(v)] = sqrt(q q') (sin theta + (pi - theta) c) / (2 pi) and
 E[relu'(u) relu'(v)] = (pi - theta) / (2 pi). For any other activation they are computed by a tensor
 product of Gauss-Legendre rules of 2 ``quadrature`` nodes, split where the activation's argument is 0 so that
-the bend of swish (width 1/10) is resolved: the error falls exponentially, about 1e-5 for swish and
-1e-10 for relu (against the arc-cosine formula) at the default 32; the cost is n1 n2 (2 quadrature)^2
-activations per layer. These are the limits, as h -> infinity, of the
+the bend of swish (width 1/10) is resolved: the error falls exponentially, about 6e-5 for swish and
+4e-10 for tanh at the default 24 (2e-6 and 2e-14 at 32; relu by quadrature meets the arc-cosine formula to
+4e-9 at 32); the cost is n1 n2 (2 quadrature)^2 activations per layer (half that for one set against itself). These are the limits, as h -> infinity, of the
 empirical NTK of f~ (the kernel of ``ntk``) and of the covariance of f~ over initialisations.
 """
 
@@ -40,7 +40,7 @@ def _arccos_terms(q1, q2, cov):
 
 
 #: the Gaussian variables are integrated over [-_RANGE, _RANGE] (the mass outside is below 1e-18)
-_RANGE = 9.0
+_RANGE = 6.5
 
 
 def _legendre(n: int, like: torch.Tensor):
@@ -63,27 +63,35 @@ def _split_rule(split: torch.Tensor, t: torch.Tensor, w: torch.Tensor):
     return torch.cat(nodes, -1), torch.cat(weights, -1)
 
 
-def _quadrature_terms(sigma, dsigma, q1, q2, cov, n_nodes):
+def _quadrature_terms(sigma, dsigma, q1, q2, cov, n_nodes, symmetric=False):
     """E[sigma(u) sigma(v)] and E[sigma'(u) sigma'(v)] with u = sqrt(q1) z1, v = sqrt(q2) (c z1 + s z2),
     s = sqrt(1 - c^2), by Gauss-Legendre rules split where u = 0 (over z1) and where v = 0 (over z2 given
-    z1), so that activations that bend sharply at 0 (relu, swish) are integrated accurately."""
+    z1), so that activations that bend sharply at 0 (relu, swish) are integrated accurately. With
+    ``symmetric`` (one set against itself) only the pairs i <= j are integrated."""
     t, w = _legendre(n_nodes, cov)
     n1, n2 = cov.shape
-    c = (cov / torch.sqrt(q1[:, None] * q2[None, :])).clamp(-1.0, 1.0)
-    s = torch.sqrt(1 - c * c)
+    if symmetric:
+        i_all, j_all = torch.triu_indices(n1, n2, device=cov.device)
+    else:
+        i_all = torch.arange(n1, device=cov.device).repeat_interleave(n2)
+        j_all = torch.arange(n2, device=cov.device).repeat(n1)
     z1, w1 = _split_rule(torch.zeros((), dtype=cov.dtype, device=cov.device), t, w)   # (2G,)
     ss, dd = torch.empty_like(cov), torch.empty_like(cov)
-    rows = max(1, _QUADRATURE_BLOCK // max(1, n2 * 4 * n_nodes * n_nodes))
-    for i in range(0, n1, rows):
-        r = slice(i, i + rows)
-        u = torch.sqrt(q1[r])[:, None] * z1                                          # (r, 2G)
-        cz = c[r, :, None] * z1                                                        # (r, n2, 2G)
-        sr = s[r, :, None]
-        z2, w2 = _split_rule(-cz / sr.clamp_min(1e-300), t, w)                          # (r, n2, 2G, 2G)
-        v = torch.sqrt(q2)[None, :, None, None] * (cz[..., None] + sr[..., None] * z2)
+    block = max(1, _QUADRATURE_BLOCK // (4 * n_nodes * n_nodes))
+    for start in range(0, len(i_all), block):
+        i, j = i_all[start:start + block], j_all[start:start + block]
+        q_i, q_j = q1[i], q2[j]
+        c = (cov[i, j] / torch.sqrt(q_i * q_j)).clamp(-1.0, 1.0)
+        s = torch.sqrt(1 - c * c)
+        u = torch.sqrt(q_i)[:, None] * z1                                              # (pairs, 2G)
+        cz = c[:, None] * z1
+        z2, w2 = _split_rule(-cz / s[:, None].clamp_min(1e-300), t, w)                  # (pairs, 2G, 2G)
+        v = torch.sqrt(q_j)[:, None, None] * (cz[..., None] + s[:, None, None] * z2)
         for out, g in ((ss, sigma), (dd, dsigma)):
-            inner = (g(v) * w2).sum(-1)                                                 # (r, n2, 2G): over z2
-            out[r] = torch.einsum("rg,rng,g->rn", g(u), inner, w1)
+            value = ((g(v) * w2).sum(-1) * g(u)) @ w1                                   # over z2, then z1
+            out[i, j] = value
+            if symmetric:
+                out[j, i] = value
     return ss, dd
 
 
@@ -96,7 +104,7 @@ def _diagonal_terms(sigma, dsigma, q, n_nodes):
 
 
 def fc_kernels(x1: torch.Tensor, x2: torch.Tensor | None = None, *, depth: int, activation: str, bias: bool,
-               quadrature: int = 32) -> dict[str, torch.Tensor]:
+               quadrature: int = 24) -> dict[str, torch.Tensor]:
     """The infinite-width kernels of an fc net between the rows of x1 and x2 (x1 when None):
     ``{"nngp": (n1, n2), "ntk": (n1, n2)}``. Inputs are flattened; the computation runs in x1's dtype."""
     x1 = x1.flatten(1)
@@ -120,7 +128,7 @@ def fc_kernels(x1: torch.Tensor, x2: torch.Tensor | None = None, *, depth: int, 
             ss, dd = _arccos_terms(q1, q2, cov)
             ss1, dd1, ss2, dd2 = q1 / 2, torch.full_like(q1, 0.5), q2 / 2, torch.full_like(q2, 0.5)
         else:
-            ss, dd = _quadrature_terms(sigma, dsigma, q1, q2, cov, quadrature)
+            ss, dd = _quadrature_terms(sigma, dsigma, q1, q2, cov, quadrature, symmetric=same)
             ss1, dd1 = _diagonal_terms(sigma, dsigma, q1, quadrature)
             ss2, dd2 = (ss1, dd1) if same else _diagonal_terms(sigma, dsigma, q2, quadrature)
         last = layer == depth - 1
