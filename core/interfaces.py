@@ -204,6 +204,11 @@ class Observable(Component):
     def check(self, dataset: "Dataset") -> None:
         """Raise ValueError if this observable cannot measure runs on the dataset (checked with the spec)."""
 
+    def needs_snapshots(self) -> bool:
+        """Whether it measures the net at every trajectory checkpoint (the monitor then keeps the parameters
+        there, in ``RunState.monitor.snapshots``); the spec must then ask for the ``trajectory`` observable."""
+        return False
+
     @abc.abstractmethod
     def measure(self, run: "RunState") -> Mapping[str, Any]:
         """Values for (a subset of) ``variables``: scalars or arrays shaped by each one's ``dims``."""
@@ -220,3 +225,5 @@ class RunState:
     loss: Loss
     point: Mapping[str, Any]
     monitor: Any = None  # the run's dlphase.trajectory.Monitor, when an observable asked for checkpoints
+    #: shared by the observables of one run, for results that several of them use (the NTK Gram matrices)
+    cache: dict = attrs.field(factory=dict)

@@ -59,7 +59,8 @@ class Run:
         self.id = spec.run_id(self.point)
         self.result: TrainResult | None = None
         times = [obs.checkpoints() for obs in spec.observables if hasattr(obs, "checkpoints")]
-        self.monitor = Monitor(times[0]) if times else None
+        keep = any(obs.needs_snapshots() for obs in spec.observables)
+        self.monitor = Monitor(times[0], keep_params=keep) if times else None
 
     @property
     def alpha(self) -> float:
@@ -91,7 +92,7 @@ class Run:
     def record(self) -> xr.Dataset:
         """The point's Dataset from the current model and ``self.result``."""
         state = RunState(model=self.model, data=self.data, tensors=self.tensors, result=self.result,
-                         loss=self.spec.dynamics.loss, point=self.point, monitor=self.monitor)
+                         loss=self.spec.dynamics.loss, point=self.point, monitor=self.monitor, cache={})
         values: dict[str, Any] = {}
         schema: dict[str, Variable] = {}
         coords: dict[str, Any] = {}

@@ -324,6 +324,10 @@ def build_spec(raw: Mapping[str, Any], manager: PluginManager | None = None) -> 
         except ValueError as exc:
             raise SpecError(f"observables.{obs.name}: {exc}") from None
     tracked = [o.name for o in observables if hasattr(o, "checkpoints")]
+    snapshots = [o.name for o in observables if o.needs_snapshots()]
+    if snapshots and not tracked:
+        raise SpecError(f"observable {snapshots[0]!r} measures the net along the flow, at the checkpoints of the "
+                        f"trajectory observable; add 'trajectory' to observables.names")
     if len(tracked) > 1:
         raise SpecError(f"observables {tracked} each set checkpoints; keep one of them")
     if tracked and "monitor" not in inspect.signature(dynamics.train).parameters:

@@ -59,7 +59,8 @@ def feed_checkpoints(net, params, params0, positions, idx, monitors, trackers, d
         for r, j in enumerate(due):
             mon = monitors[idx[j]]
             mon.record(t=value_at(t, j), train_loss=float(train_loss[j]), n_delta=int((margins[j] < 1).sum()),
-                       f_test=alpha[j] * (test_out[r] - mon.f0_test), displacement=float(disp[r]))
+                       f_test=alpha[j] * (test_out[r] - mon.f0_test), displacement=float(disp[r]),
+                       params=[v[r] for v in p_sel] if mon.keep_params else None)
     due = [j for j in positions if trackers[idx[j]] is not None and trackers[idx[j]].due(value_at(t, j))]
     if due:
         sel = torch.tensor(due, device=device)

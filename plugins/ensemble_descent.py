@@ -101,24 +101,3 @@ def descend_ensemble(dyn, models, data, monitors, batch_size: int | None = None,
         steps += 1
     return results
 
-
-def _checkpoints(net, params, params0, idx, monitors, trackers, data, alpha, per, marg, t, steps):
-    """Feed the members' trajectory monitors and early-stopping trackers whose checkpoint is due."""
-    due_mon = [j for j, m in enumerate(idx) if monitors[m] is not None and monitors[m].due(t)]
-    due_val = [j for j, m in enumerate(idx) if trackers[m] is not None and trackers[m].due(t)]
-    if due_mon:
-        sel = torch.tensor(due_mon, device=data.x_train.device)
-        p_sel = [v.index_select(0, sel) for v in params]
-        with torch.no_grad():
-            test_out, _ = net.forward(p_sel, data.x_test)
-        for r, j in enumerate(due_mon):
-            mon = monitors[idx[j]]
-            model_disp = math.sqrt(sum(float((v[j] - v0[j]).square().sum()) for v, v0 in zip(params, params0)))
-            mon.record(t=t, train_loss=float(per[j].mean()), n_delta=int((marg[j] < 1).sum()),
-                       f_test=alpha[j] * (test_out[r] - mon.f0_test), displacement=model_disp)
-    if due_val:
-        sel = torch.tensor(due_val, device=data.x_train.device)
-        with torch.no_grad():
-            val_out, _ = net.forward([v.index_select(0, sel) for v in params], data.x_val)
-        for r, j in enumerate(due_val):
-            trackers[idx[j]].update(t, steps, val_out[r], [v[j] for v in params])

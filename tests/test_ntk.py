@@ -79,3 +79,78 @@ def test_ntk_observable_against_the_loop():
 def test_ntk_needs_kernel_points():
     with pytest.raises(SpecError, match=r"observables\.ntk: .*n_kernel = 0"):
         _ntk_spec("dataset.n_kernel=0")
+
+
+def test_kernel_pca_against_a_kernel_built_by_hand():
+    """K = V diag(lambda) V^T with known V: the projections are (V^T y)^2 / |y|^2 in the order of lambda; a kernel
+    whose top eigenvector is the label vector carries all of |y|^2 on it and ln 2 nats of information."""
+    from dlphase.plugins.kernel_pca import kernel_pca
+
+    rng = np.random.default_rng(0)
+    n = 80
+    y = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+    v, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    lam = rng.permutation(np.arange(1, n + 1, dtype=float))
+    res = kernel_pca(v @ np.diag(lam) @ v.T, y, ks=(1, 3, n, n + 1), top=5)
+    order = np.argsort(-lam)
+    omega = (v[:, order].T @ y) ** 2 / n
+    np.testing.assert_allclose(res["projection"], omega[:5], rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(res["fraction"][:3], [omega[0], omega[:3].sum(), 1.0], rtol=1e-8)
+    assert np.isnan(res["fraction"][3])
+    aligned = kernel_pca(10 * np.outer(y, y) / n + 0.01 * (v @ np.diag(lam / n) @ v.T), y, ks=(1,), top=3)
+    assert aligned["fraction"][0] == pytest.approx(1.0, abs=1e-3)
+    assert aligned["mutual_information"][0] == pytest.approx(np.log(2), abs=0.1)
+    assert np.all(aligned["mutual_information"][1:] < 0.2)
+
+
+def test_ntk_kpca_shares_the_gram_matrices(monkeypatch):
+    """ntk and ntk_kpca together compute Theta_0 and Theta_end once; the kernel PCA is that of the stored Grams."""
+    from dlphase.plugins import ntk as ntk_module
+    from dlphase.plugins.kernel_pca import kernel_pca
+
+    calls = []
+    real = ntk_module.gram
+    monkeypatch.setattr(ntk_module, "gram", lambda net, x: calls.append(1) or real(net, x))
+    spec = _ntk_spec("observables.names=['errors','ntk','ntk_kpca']", "observables.ntk_kpca.k=[1,5,40]",
+                     "grid.alpha_tilde=[0.1]")
+    run = Run(spec, **spec.grid.points()[0])
+    ds = run.train()
+    assert len(calls) == 2
+    y = run.data.y_kernel
+    for key in ("init", "end"):
+        ref = kernel_pca(ds[f"ntk_gram_{key}"].values, y, (1, 5, 40), 10)
+        np.testing.assert_allclose(ds[f"kpca_fraction_{key}"].values, ref["fraction"], rtol=1e-10)
+        np.testing.assert_allclose(ds[f"kpca_mi_{key}"].values, ref["mutual_information"], rtol=1e-10)
+    assert list(ds["kpca_k"].values) == [1, 5, 40] and ds["kpca_fraction_end"].values[-1] == pytest.approx(1.0)
+    assert ds["kpca_mi_end"].dims == ("kpca_eig",)
+
+
+def test_ntk_along_the_trajectory_equals_runs_stopped_there():
+    """Theta at checkpoint k is the NTK of the net at the first step with t >= t_k: the same point trained with
+    max_time = t_k ends there, and its ntk_change must be the trajectory's value at k."""
+    traj = ["observables.names=['errors','trajectory','ntk']", "observables.ntk.along_trajectory=true",
+            "observables.trajectory.t_min=0.1", "observables.trajectory.per_decade=2", "grid.alpha_tilde=[0.1]"]
+    spec = _ntk_spec(*traj)
+    ds = Run(spec, **spec.grid.points()[0]).train()
+    change = ds["ntk_change_traj"].values
+    recorded = np.flatnonzero(np.isfinite(change))
+    assert len(recorded) >= 4 and ds["ntk_eig_traj"].dims == ("time", "eig")
+    assert np.all(np.isnan(change[recorded[-1] + 1:]))
+    for k in (recorded[1], recorded[len(recorded) // 2]):
+        t_k = float(ds["time"].values[k])
+        alone = _ntk_spec(*traj, f"dynamics.max_time={t_k!r}")
+        ds_k = Run(alone, **alone.grid.points()[0]).train()
+        assert float(ds_k["t"]) == pytest.approx(float(ds["traj_t"].values[k]), rel=1e-12)
+        assert float(ds_k["ntk_change"]) == pytest.approx(change[k], rel=1e-9)
+        np.testing.assert_allclose(ds["ntk_eig_traj"].values[k], ds_k["ntk_eig_end"].values, rtol=1e-9)
+
+
+def test_ntk_along_the_trajectory_needs_the_trajectory():
+    with pytest.raises(SpecError, match="add 'trajectory' to observables.names"):
+        _ntk_spec("observables.ntk.along_trajectory=true")
+    raw = {"dataset": {"name": "mnist", "pca": 5, "n_kernel": 0}, "observables": {"names": ["ntk_kpca"]},
+           "grid": {"h": [8], "alpha_tilde": [1.0], "P": [50]}}
+    with pytest.raises(SpecError, match=r"observables\.ntk_kpca: .*n_kernel = 0"):
+        dlphase.specs.build_spec(raw)
+    with pytest.raises(SpecError, match=r"observables\.ntk_kpca\.k must list distinct"):
+        _ntk_spec("observables.names=['ntk','ntk_kpca']", "observables.ntk_kpca.k=[0]")
