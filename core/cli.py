@@ -1,4 +1,4 @@
-"""The ``dlphase`` command line: run, sweep, plugins, plot.
+"""The ``dlphase`` command line: run, sweep, kernel, plugins, plot.
 
 Bad input (a spec, a path, a name) gives one line ``error: ...`` on stderr and exit status 2, with no
 traceback and no output file.
@@ -62,6 +62,16 @@ def _check_suffix(path: str, allowed: tuple[str, ...]) -> None:
         raise DlphaseError(f"output {path!r} must end in {' or '.join(allowed)}")
 
 
+def _one_point(spec, command: str):
+    """The spec's grid points, which must be one."""
+    points = spec.grid.points()
+    if len(points) != 1:
+        many = [k for k in ("h", "alpha_tilde", "P", "seed") if len(getattr(spec.grid, k)) > 1]
+        raise DlphaseError(f"grid.{many[0]} has {len(getattr(spec.grid, many[0]))} values but {command} takes "
+                           f"one point; pick one with --set grid.{many[0]}=VALUE, or use dlphase sweep")
+    return points
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dlphase")
 def main():
@@ -79,11 +89,7 @@ def run(spec_path, output, overrides):
 
     _check_suffix(output, (".nc",))
     spec = _spec(spec_path, overrides)
-    points = spec.grid.points()
-    if len(points) != 1:
-        many = [k for k in ("h", "alpha_tilde", "P", "seed") if len(getattr(spec.grid, k)) > 1]
-        raise DlphaseError(f"grid.{many[0]} has {len(getattr(spec.grid, many[0]))} values but dlphase run trains "
-                           f"one point; pick one with --set grid.{many[0]}=VALUE, or use dlphase sweep")
+    points = _one_point(spec, "dlphase run")
     check_writable(output, "output")
     ds = execute(spec, points[0])
     write_atomic(combine([ds], spec), output)
@@ -113,6 +119,27 @@ def sweep(spec_path, output, workers, overrides, retry_failed, quiet):
     cube = run_sweep(spec, output, workers=workers, retry_failed=retry_failed, progress=not quiet)
     counts = {s: int((cube["status"] == s).sum()) for s in STATUSES}
     click.echo(", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" -> {output}")
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC.toml")
+@click.option("-o", "--output", required=True, metavar="K.nc", help="where to write the kernel set and its Gram matrices")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--trained", is_flag=True, help="also train the point and store the NTK at the end (ntk_end)")
+def kernel(spec_path, output, overrides, trained):
+    """Export one grid point's kernel set: inputs, labels, the empirical NTK at init (and, with --trained, at
+    the end) and the infinite-width NTK and NNGP where the architecture has them."""
+    from .cube import check_writable, write_atomic
+    from .kernel_export import kernel_dataset
+
+    _check_suffix(output, (".nc",))
+    spec = _spec(spec_path, overrides)
+    _one_point(spec, "dlphase kernel")
+    check_writable(output, "output")
+    ds = kernel_dataset(spec, trained=trained)
+    write_atomic(ds, output)
+    names = [k for k in ("ntk_init", "ntk_end", "ntk_infinite", "nngp_infinite") if k in ds]
+    click.echo(f"{ds.sizes['kernel_i']} kernel points, {', '.join(names)} -> {output}")
 
 
 @main.command()

@@ -70,7 +70,7 @@ def test_bad_set_and_bad_options(tmp_path, tiny_spec):
     assert_clean_error(run_cli("sweep", tiny_spec), "Missing option '-o'")
     assert_clean_error(run_cli("frobnicate"), "No such command 'frobnicate'")
     assert_clean_error(run_cli("run", tiny_spec, "-o", tmp_path / "r.nc"),
-                       "grid.h has 2 values but dlphase run trains one point")
+                       "grid.h has 2 values but dlphase run takes one point")
     assert list(tmp_path.iterdir()) == [tiny_spec]
 
 
