@@ -19,9 +19,83 @@ from dlphase import Architecture, param
 from dlphase.specs import non_negative, positive
 
 from .activations import ACTIVATIONS
+from dlphase.ensemble import EnsembleNet
+
+#: numbers of one layer's per-sample gradients held at once by the NTK (about 128 MB in float64)
+_NTK_BLOCK = 2 ** 24
+
+
+class CNNEnsemble(EnsembleNet):
+    """M cnns as grouped convolutions (member m owns channel group m), with a layer-by-layer NTK; training
+    goes through the generic vmap path."""
+
+    def __init__(self, nets):
+        super().__init__(nets)
+        net = nets[0]
+        self.depth, self.scales = len(net.weights), net.scales
+        self.stride, self.padding, self.h, self.sigma = net.stride, net.padding, net.h, net.sigma
+        self.bias = net.biases is not None
+        self.k = net.weights[0].shape[-1]
+
+    def _split(self, params):
+        """(weights, biases or None, read-out) from ``params`` in ``named_parameters`` order: the module's own
+        read-out comes before the ParameterLists' entries."""
+        ws = list(params[1:1 + self.depth])
+        bs = list(params[1 + self.depth:]) if self.bias else None
+        return ws, bs, params[0]
+
+    def _per_sample(self, params, x):
+        """Every member's per-sample pieces of d f~(x_n) / d theta: for each conv layer the unfolded inputs
+        U (n, M, C k^2, P) (shared by the members for the first layer: (n, 1, C k^2, P)) and the output
+        gradients delta (n, M, h, P); the pooled read-out inputs (n, M, h) / sqrt(h)."""
+        ws, bs, readout = self._split(params)
+        M, n, h = len(readout), len(x), self.h
+        units, hidden = [], []
+        with torch.enable_grad():
+            z = x
+            for i, w in enumerate(ws):
+                if i > 0:
+                    z = self.sigma(hidden[-1])
+                units.append(F.unfold(z.detach(), self.k, padding=self.padding, stride=self.stride))
+                a = F.conv2d(z, (w * self.scales[i]).reshape(M * h, *w.shape[2:]),
+                             None if bs is None else bs[i].reshape(-1),
+                             stride=self.stride, padding=self.padding, groups=1 if i == 0 else M)
+                hidden.append(a.detach().requires_grad_(True) if i == 0 else a)
+            pooled = self.sigma(hidden[-1]).mean(dim=(2, 3)).reshape(n, M, h) / math.sqrt(h)
+            out = (pooled * readout[None]).sum(-1)
+            deltas = torch.autograd.grad(out.sum(), hidden)
+        units = [u.reshape(n, 1 if i == 0 else M, -1, u.shape[-1]) for i, u in enumerate(units)]
+        deltas = [d.reshape(n, M, h, -1) for d in deltas]
+        return units, deltas, pooled.detach()
+
+    def ntk(self, params, x1, x2=None, chunk=None):
+        """Theta layer by layer: conv layer i contributes s_i^2 <delta_n U_n^T, delta_m U_m^T> (per-sample weight
+        gradients formed a block of samples at a time, never the whole Jacobian), its bias sum_p delta_n . sum_p
+        delta_m, and the read-out pooled_n . pooled_m."""
+        one = self._per_sample(params, x1)
+        two = one if x2 is None else self._per_sample(params, x2)
+        (u1, d1, p1), (u2, d2, p2) = one, two
+        theta = torch.einsum("nmh,lmh->mnl", p1, p2)
+        for i in range(self.depth):
+            if self.bias:
+                theta += torch.einsum("nmh,lmh->mnl", d1[i].sum(-1), d2[i].sum(-1))
+            size = d1[i].shape[2] * u1[i].shape[2]
+            rows = max(1, _NTK_BLOCK // max(1, size * len(params[0])))
+
+            def grads(u, d, sl):
+                return torch.einsum("nmhp,nmkp->mnhk", d[sl], u[sl].expand(-1, d.shape[1], -1, -1)).flatten(2)
+
+            for a in range(0, len(x1), rows):
+                ga = grads(u1[i], d1[i], slice(a, a + rows))
+                for b in range(0, len(d2[i]), rows):
+                    gb = ga if (x2 is None and b == a) else grads(u2[i], d2[i], slice(b, b + rows))
+                    theta[:, a:a + rows, b:b + rows] += self.scales[i] ** 2 * torch.bmm(ga, gb.transpose(1, 2))
+        return theta
 
 
 class CNNNet(torch.nn.Module):
+    ensemble_class = CNNEnsemble
+
     def __init__(self, channels: int, h: int, depth: int, kernel_size: int, stride: int, padding: int,
                  activation: str, bias: bool, generator: torch.Generator):
         super().__init__()

@@ -38,13 +38,32 @@ def test_layerwise_ntk_matches_jacobians(arch):
     assert float(torch.linalg.eigvalsh(theta).min()) > -1e-9 * float(theta.abs().max())
 
 
-def test_generic_ntk_for_the_cnn_matches_the_loop():
-    nets = _nets(CNN(depth=2, kernel_size=3), 3, (1, 6, 6), n=2)
-    x = torch.randn(7, 1, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    ens = ensemble_of(nets)
-    theta = ens.ntk(ens.stack(nets), x, chunk=3)
+@pytest.mark.parametrize("arch", [CNN(depth=2, kernel_size=3), CNN(depth=2, kernel_size=3, bias=True),
+                                  CNN(depth=3, kernel_size=3, stride=1, padding=0, activation="relu")],
+                         ids=["swish", "bias", "relu-stride1"])
+def test_cnn_layerwise_ntk_matches_the_generic_path_and_the_loop(arch):
+    nets = _nets(arch, 3, (2, 7, 7), n=2)
+    x = torch.randn(9, 2, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    fast, generic = ensemble_of(nets), EnsembleNet(nets)
+    assert type(fast) is not EnsembleNet
+    params = fast.stack(nets)
+    theta = fast.ntk(params, x)
+    torch.testing.assert_close(theta, generic.ntk(params, x, chunk=4), rtol=1e-10, atol=1e-12)
     for m, net in enumerate(nets):
         torch.testing.assert_close(theta[m], ntk_by_loop(net, x), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast.ntk(params, x[:4], x[4:]), theta[:, :4, 4:], rtol=1e-12, atol=1e-13)
+
+
+def test_cnn_ntk_in_blocks(monkeypatch):
+    """Per-sample gradients formed a few samples at a time give the same Gram matrix."""
+    from dlphase.plugins import cnn
+
+    nets = _nets(CNN(depth=2, kernel_size=3), 3, (1, 6, 6), n=2)
+    x = torch.randn(7, 1, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    ens = ensemble_of(nets)
+    whole = ens.ntk(ens.stack(nets), x)
+    monkeypatch.setattr(cnn, "_NTK_BLOCK", 60)
+    torch.testing.assert_close(ens.ntk(ens.stack(nets), x), whole, rtol=1e-12, atol=1e-13)
 
 
 def _ntk_spec(*overrides):
