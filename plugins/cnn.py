@@ -18,22 +18,24 @@ import dlphase
 from dlphase import Architecture, param
 from dlphase.specs import non_negative, positive
 
-from .activations import ACTIVATIONS
 from dlphase.ensemble import EnsembleNet
+
+from .activations import ACTIVATIONS, DERIVATIVES
 
 #: numbers of one layer's per-sample gradients held at once by the NTK (about 128 MB in float64)
 _NTK_BLOCK = 2 ** 24
 
 
 class CNNEnsemble(EnsembleNet):
-    """M cnns as grouped convolutions (member m owns channel group m), with a layer-by-layer NTK; training
-    goes through the generic vmap path."""
+    """M cnns with a layer-by-layer NTK: convolutions as products of the members' weights with the unfolded
+    inputs (member m owns channel group m); training goes through the generic vmap path."""
 
     def __init__(self, nets):
         super().__init__(nets)
         net = nets[0]
         self.depth, self.scales = len(net.weights), net.scales
         self.stride, self.padding, self.h, self.sigma = net.stride, net.padding, net.h, net.sigma
+        self.activation = net.activation
         self.bias = net.biases is not None
         self.k = net.weights[0].shape[-1]
 
@@ -47,26 +49,37 @@ class CNNEnsemble(EnsembleNet):
     def _per_sample(self, params, x):
         """Every member's per-sample pieces of d f~(x_n) / d theta: for each conv layer the unfolded inputs
         U (n, M, C k^2, P) (shared by the members for the first layer: (n, 1, C k^2, P)) and the output
-        gradients delta (n, M, h, P); the pooled read-out inputs (n, M, h) / sqrt(h)."""
+        gradients delta (n, M, h, P); the pooled read-out inputs (n, M, h) / sqrt(h). Convolutions are
+        products with the unfolded inputs, and the backward pass folds them back (col2im), by hand."""
         ws, bs, readout = self._split(params)
         M, n, h = len(readout), len(x), self.h
-        units, hidden = [], []
-        with torch.enable_grad():
-            z = x
-            for i, w in enumerate(ws):
-                if i > 0:
-                    z = self.sigma(hidden[-1])
-                units.append(F.unfold(z.detach(), self.k, padding=self.padding, stride=self.stride))
-                a = F.conv2d(z, (w * self.scales[i]).reshape(M * h, *w.shape[2:]),
-                             None if bs is None else bs[i].reshape(-1),
-                             stride=self.stride, padding=self.padding, groups=1 if i == 0 else M)
-                hidden.append(a.detach().requires_grad_(True) if i == 0 else a)
-            pooled = self.sigma(hidden[-1]).mean(dim=(2, 3)).reshape(n, M, h) / math.sqrt(h)
-            out = (pooled * readout[None]).sum(-1)
-            deltas = torch.autograd.grad(out.sum(), hidden)
-        units = [u.reshape(n, 1 if i == 0 else M, -1, u.shape[-1]) for i, u in enumerate(units)]
-        deltas = [d.reshape(n, M, h, -1) for d in deltas]
-        return units, deltas, pooled.detach()
+        geometry = dict(kernel_size=self.k, padding=self.padding, stride=self.stride)
+        units, pre, sizes = [], [], []
+        z = x
+        for i, w in enumerate(ws):
+            if i > 0:
+                z = self.sigma(pre[-1]).reshape(n, M * h, *sizes[-1])
+            u = F.unfold(z, **geometry)
+            units.append(u.reshape(n, 1 if i == 0 else M, -1, u.shape[-1]))
+            a = torch.matmul((w * self.scales[i]).reshape(M, h, -1), units[-1])        # (n, M, h, P)
+            if bs is not None:
+                a = a + bs[i][None, :, :, None]
+            pre.append(a)
+            sizes.append(self._out_size(z.shape[-2:]))
+        d_act = DERIVATIVES[self.activation]
+        p_last = pre[-1].shape[-1]
+        pooled = self.sigma(pre[-1]).mean(-1) / math.sqrt(h)                         # (n, M, h)
+        delta = d_act(pre[-1]) * (readout[None, :, :, None] / (math.sqrt(h) * p_last))
+        deltas = [delta]
+        for i in range(len(ws) - 1, 0, -1):
+            du = torch.matmul((ws[i] * self.scales[i]).reshape(M, h, -1).transpose(1, 2), delta)
+            dz = F.fold(du.reshape(n, -1, du.shape[-1]), output_size=sizes[i - 1], **geometry)
+            delta = dz.reshape(n, M, h, -1) * d_act(pre[i - 1])
+            deltas.insert(0, delta)
+        return units, deltas, pooled
+
+    def _out_size(self, size):
+        return tuple((s + 2 * self.padding - self.k) // self.stride + 1 for s in size)
 
     def ntk(self, params, x1, x2=None, chunk=None):
         """Theta layer by layer: conv layer i contributes s_i^2 <delta_n U_n^T, delta_m U_m^T> (per-sample weight
@@ -108,6 +121,7 @@ class CNNNet(torch.nn.Module):
         self.readout = torch.nn.Parameter(torch.randn(h, generator=generator, dtype=torch.float64))
         self.scales = [1 / math.sqrt(c * kernel_size ** 2) for c in ins]
         self.stride, self.padding, self.h = stride, padding, h
+        self.activation = activation
         self.sigma = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -101,17 +101,24 @@ class FCEnsemble(EnsembleNet):
     def ntk(self, params, x1, x2=None, chunk=None):
         """Theta(x, x') layer by layer, without the N x n Jacobian: d f~ / d W_i = k_i delta_i z_{i-1}^T, so
         Theta = sum_i k_i^2 (Delta_i Delta_i'^T) (Z_{i-1} Z_{i-1}'^T) (elementwise), plus c_in^2 Delta_i Delta_i'^T
-        for the biases. Cost: two bmm per layer, (M, n1, n2) memory (``chunk``, for the generic path, is unused)."""
+        for the biases; the read-out has Delta = 1. Cost: two bmm per hidden layer, one for the read-out, (M, n1, n2)
+        memory (``chunk``, for the generic path, is unused)."""
         a1, d1 = self.per_sample(params, x1)
         a2, d2 = (a1, d1) if x2 is None else self.per_sample(params, x2)
         _, bs = self.layers(params)
         theta = None
         for i, k in enumerate(self.k):
-            dd = torch.bmm(d1[i], d2[i].transpose(1, 2))
-            term = dd * torch.bmm(a1[i], a2[i].transpose(1, 2)) * k ** 2
+            # k^2 (Z Z'^T) on the layer's inputs, k folded into the (n, fan_in) factor rather than the (n, n) one
+            z1 = a1[i] * k
+            term = torch.bmm(z1, (z1 if x2 is None else a2[i] * k).transpose(1, 2))
             if bs is not None and i < self.n_layers - 1:
-                term = term + dd * self.c_in ** 2
-            theta = term if theta is None else theta + term
+                term.add_(self.c_in ** 2)
+            if i < self.n_layers - 1:       # the read-out's output gradient is 1: no Delta Delta'^T there
+                term.mul_(torch.bmm(d1[i], d2[i].transpose(1, 2)))
+            if theta is None:
+                theta = term
+            else:
+                theta.add_(term)
         return theta
 
     def slopes(self, ctx):
