@@ -92,3 +92,21 @@ def test_bad_input():
     with pytest.raises(ValueError, match="zero norm"):
         iw.fc_kernels(torch.zeros(2, 3, dtype=torch.float64), depth=1, activation="relu", bias=False)
     assert set(ACTIVATIONS) == {"swish", "relu", "tanh"}  # each has a limit (quadrature or closed form)
+
+
+@pytest.mark.parametrize("activation,bias", [("swish", False), ("swish", True), ("tanh", True)])
+def test_the_table_equals_direct_quadrature(activation, bias):
+    """Interpolation over (log q, log q', theta) reproduces pair-by-pair quadrature, for inputs whose norms
+    spread over a factor of about 10 and for cross kernels."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(40, 7, dtype=torch.float64, generator=g) * torch.exp(
+        0.5 * torch.randn(40, 1, dtype=torch.float64, generator=g))
+    direct = iw.fc_kernels(x, depth=2, activation=activation, bias=bias, method="direct")
+    table = iw.fc_kernels(x, depth=2, activation=activation, bias=bias, method="table")
+    cross = iw.fc_kernels(x[:15], x[15:], depth=2, activation=activation, bias=bias, method="table")
+    for name in ("nngp", "ntk"):
+        scale = float(direct[name].abs().max())
+        assert float((table[name] - direct[name]).abs().max()) < 3e-5 * scale
+        assert float((cross[name] - direct[name][:15, 15:]).abs().max()) < 3e-5 * scale
+    with pytest.raises(ValueError, match="method must be"):
+        iw.fc_kernels(x, depth=1, activation="tanh", bias=False, method="fast")
