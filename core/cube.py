@@ -69,8 +69,16 @@ def _fill_for(values: list[np.ndarray]) -> tuple[np.dtype, Any]:
     return np.dtype(np.float64), np.nan
 
 
+def _pad(v: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    out = np.full(shape, np.nan)
+    out[tuple(slice(0, n) for n in v.shape)] = v
+    return out
+
+
 def combine(runs: Iterable[xr.Dataset], spec: Spec) -> xr.Dataset:
-    """Stack per-run Datasets into the cube over the spec's grid (in the spec's order)."""
+    """Stack per-run Datasets into the cube over the spec's grid (in the spec's order). A float variable whose
+    own dims have no coordinate and whose length differs between runs (one eigenvalue per parameter, say) is
+    padded with NaN to the longest."""
     grid = {k: list(getattr(spec.grid, k)) for k in GRID_DIMS}
     index = {k: {v: i for i, v in enumerate(vals)} for k, vals in grid.items()}
     shape = tuple(len(grid[k]) for k in GRID_DIMS)
@@ -95,10 +103,16 @@ def combine(runs: Iterable[xr.Dataset], spec: Spec) -> xr.Dataset:
     for name, items in collected.items():
         own_dims, attrs = meta[name]
         sizes = {v.shape for _, v in items}
-        if len(sizes) != 1:
-            raise ValueError(f"variable {name!r} has different shapes across runs: {sorted(sizes)}")
-        own_shape = sizes.pop()
         dtype, fill = _fill_for([v for _, v in items])
+        if len(sizes) != 1:
+            # a dim whose length follows the run (N eigenvalues of a Hessian): pad with the fill value
+            fixed = [d for d in own_dims if d in own_coords]
+            if len({len(s) for s in sizes}) != 1 or fixed or dtype.kind != "f":
+                raise ValueError(f"variable {name!r} has different shapes across runs: {sorted(sizes)}")
+            own_shape = tuple(max(s[k] for s in sizes) for k in range(len(own_dims)))
+            items = [(pos, _pad(v, own_shape)) for pos, v in items]
+        else:
+            own_shape = sizes.pop()
         keep = tuple(attrs["over"].split()) if "over" in attrs else GRID_DIMS
         axes = [GRID_DIMS.index(d) for d in keep]
         full = np.full(tuple(shape[a] for a in axes) + own_shape, fill, dtype=dtype)

@@ -1,0 +1,114 @@
+"""H = H0 + Hp of the quadratic-hinge energy and of the training loss, against torch.func.hessian of the energy."""
+
+import pytest
+import torch
+from torch.func import hessian
+
+from dlphase.model import AlphaModel
+from dlphase.run import execute
+from dlphase.plugins import hessian as hs
+from dlphase.plugins.fc import FC
+from dlphase.plugins.losses import SoftHinge
+from dlphase.plugins.mean_field import MeanField
+
+
+def _problem(arch, h=6, n=25, d=4, alpha=3.0, steps=30):
+    """A small model moved away from its initialisation, so that both Delta > 0 and Delta < 0 occur."""
+    g = torch.Generator().manual_seed(0)
+    net = arch.build(h, (d,), g)
+    model = AlphaModel(net, alpha)
+    x = torch.randn(n, d, dtype=torch.float64, generator=g)
+    y = torch.where(torch.randn(n, generator=g, dtype=torch.float64) > 0, 1.0, -1.0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.02)
+    for _ in range(steps):
+        opt.zero_grad()
+        hs.quadratic_hinge(y * model(x)).sum().backward()
+        opt.step()
+    return model, x, y
+
+
+def _energy_hessian(model, x, y, l_fn, w):
+    theta, f = hs.flat_parameters(model.net)
+    with torch.no_grad():
+        f0 = model.net0(x)
+
+    def energy(t):
+        return w * l_fn(y * model.alpha * (f(t, x) - f0)).sum()
+
+    return hessian(energy)(theta)
+
+
+@pytest.mark.parametrize("arch", [FC(depth=2, activation="swish"), FC(depth=2, activation="tanh", bias=True),
+                                  MeanField(activation="swish")], ids=["fc-swish", "fc-tanh-bias", "mean-field"])
+def test_quadratic_hinge_hessian_equals_torch_func(arch):
+    model, x, y = _problem(arch)
+    parts = hs.hessian_parts(model, x, y)
+    n_delta = int((parts["margins"] < 1).sum())
+    assert 0 < n_delta < len(y)
+    ref = _energy_hessian(model, x, y, hs.quadratic_hinge, 1.0)
+    torch.testing.assert_close(parts["H"], ref, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(parts["H0"] + parts["Hp"], parts["H"], rtol=1e-12, atol=1e-12)
+    eig0 = torch.linalg.eigvalsh(parts["H0"])
+    assert float(eig0.min()) > -1e-10 * float(eig0.max())                  # positive semi-definite
+    assert int((eig0 > 1e-9 * float(eig0.max())).sum()) <= n_delta         # rank <= N_Delta
+    assert parts["J"].shape == (n_delta, sum(p.numel() for p in model.net.parameters()))
+
+
+def test_loss_hessian_equals_torch_func():
+    model, x, y = _problem(FC(depth=1, activation="swish"))
+    loss = SoftHinge(beta=5.0)
+    parts = hs.hessian_parts(model, x, y, energy="loss", loss=loss)
+    ref = _energy_hessian(model, x, y, loss, 1.0 / len(y))
+    torch.testing.assert_close(parts["H"], ref, rtol=1e-8, atol=1e-11)
+
+
+def test_bad_energy():
+    model, x, y = _problem(FC(depth=1), steps=0)
+    with pytest.raises(ValueError, match="energy must be"):
+        hs.hessian_parts(model, x, y, energy="hinge")
+    with pytest.raises(ValueError, match="needs the run's loss"):
+        hs.hessian_parts(model, x, y, energy="loss")
+
+
+def test_hessian_spectrum_observable_in_a_sweep(tmp_path):
+    """Two widths in one cube: each run's spectra equal eigvalsh of torch.func.hessian of U at its trained net;
+    the shorter run is padded with NaN; at initialisation every Delta = 1, so rank H0 = min(P, N) (tanh: no
+    scaling symmetry that would make J rank-deficient, as relu's, and nearly so swish's, does)."""
+    import numpy as np
+
+    import dlphase
+    from dlphase.run import Run
+
+    raw = {"dataset": {"name": "mnist", "pca": 4, "n_test": 50},
+           "architecture": {"name": "fc", "depth": 1, "activation": "tanh"},
+           "dynamics": {"name": "gradient_flow", "max_steps": 200},
+           "observables": {"names": ["errors", "hessian_spectrum"], "hessian_spectrum": {"at_init": True}},
+           "grid": {"h": [3, 6], "alpha_tilde": [1.0], "P": [40]}}
+    spec = dlphase.specs.build_spec(raw)
+    cube = dlphase.sweep(spec, tmp_path / "c.nc", progress=False)
+    n = {3: 3 * 4 + 3, 6: 6 * 4 + 6}
+    assert cube.sizes["hess_eig"] == n[6]
+    for h in (3, 6):
+        point = cube.sel(h=h, alpha_tilde=1.0, P=40, seed=0)
+        eig = point["hess_eig_h"].values
+        assert np.isfinite(eig[:n[h]]).all() and np.isnan(eig[n[h]:]).all()
+        run = Run(spec, h=h, alpha_tilde=1.0, P=40, seed=0)
+        run.train()
+        ref = torch.linalg.eigvalsh(_energy_hessian(run.model, run.tensors.x_train, run.tensors.y_train,
+                                                    hs.quadratic_hinge, 1.0)).numpy()
+        np.testing.assert_allclose(eig[:n[h]], ref, rtol=1e-7, atol=1e-9 * np.abs(ref).max())
+        assert int(point["hess_n_delta"]) == int(point["n_delta"])
+        assert int(point["hess_rank_h0_init"]) == min(40, n[h]) and int(point["hess_n_delta_init"]) == 40
+        assert int(point["hess_rank_h0"]) <= int(point["hess_n_delta"])
+
+
+def test_hessian_spectrum_refuses_large_nets():
+    """Above max_dense the run is recorded as failed with a message that says what to change; the sweep goes on."""
+    import dlphase
+
+    raw = {"dataset": {"name": "mnist", "pca": 4, "n_test": 50}, "dynamics": {"name": "gradient_flow", "max_steps": 5},
+           "observables": {"names": ["hessian_spectrum"], "hessian_spectrum": {"max_dense": 10}},
+           "grid": {"h": [3], "alpha_tilde": [1.0], "P": [20]}}
+    ds = execute(dlphase.specs.build_spec(raw), {"h": 3, "alpha_tilde": 1.0, "P": 20, "seed": 0})
+    assert ds["status"].item() == "failed" and "above max_dense = 10" in ds["message"].item()
+
