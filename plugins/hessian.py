@@ -86,6 +86,17 @@ def quadratic_hinge(margin: torch.Tensor) -> torch.Tensor:
     return torch.clamp(1 - margin, min=0) ** 2 / 2
 
 
+def _energy(energy: str, loss, P: int):
+    """(l, w) of the energy: U = sum of the quadratic hinge, or the mean of the run's loss."""
+    if energy == "quadratic_hinge":
+        return quadratic_hinge, 1.0
+    if energy == "loss":
+        if loss is None:
+            raise ValueError("energy = 'loss' needs the run's loss")
+        return loss, 1.0 / P
+    raise ValueError(f"energy must be quadratic_hinge or loss, not {energy!r}")
+
+
 def hessian_parts(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadratic_hinge", loss=None,
                   dense_hp: bool = True) -> dict[str, torch.Tensor]:
     """H0, Hp and H = H0 + Hp of the energy at the model's current parameters, with J (the per-sample gradients of
@@ -96,14 +107,7 @@ def hessian_parts(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadra
     with torch.no_grad():
         f0 = model.net0(x)
         margins = y * alpha * (net(x) - f0)
-    if energy == "quadratic_hinge":
-        l_fn, w = quadratic_hinge, 1.0
-    elif energy == "loss":
-        if loss is None:
-            raise ValueError("energy = 'loss' needs the run's loss")
-        l_fn, w = loss, 1.0 / len(y)
-    else:
-        raise ValueError(f"energy must be quadratic_hinge or loss, not {energy!r}")
+    l_fn, w = _energy(energy, loss, len(y))
     d1, d2 = loss_derivatives(l_fn, margins)
     active = (d1 != 0) | (d2 != 0)
     idx = torch.nonzero(active).flatten()
@@ -116,6 +120,101 @@ def hessian_parts(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadra
         out["Hp"] = hp
         out["H"] = out["H0"] + hp
     return out
+
+
+def operators(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadratic_hinge", loss=None):
+    """Matrix-free H0, Hp and H of the energy (see :func:`hessian_parts`) as functions v -> M v on flat tensors:
+    H0 v = alpha^2 w J^T (l'' (J v)) by a forward-mode and a reverse-mode product, Hp v by a Hessian-vector
+    product; nothing of size N x N or N_Delta x N is formed. Returns ({"H0", "Hp", "H"}, theta)."""
+    from torch.func import grad, jvp, vjp
+
+    net, alpha = model.net, model.alpha
+    theta, f = flat_parameters(net)
+    with torch.no_grad():
+        margins = y * alpha * (net(x) - model.net0(x))
+    l_fn, w = _energy(energy, loss, len(y))
+    d1, d2 = loss_derivatives(l_fn, margins)
+    idx = torch.nonzero((d1 != 0) | (d2 != 0)).flatten()
+    xs, a, c = x[idx], alpha ** 2 * w * d2[idx], alpha * w * d1[idx] * y[idx]
+
+    def f_sel(t):
+        return f(t, xs)
+
+    _, pullback = vjp(f_sel, theta)
+    g = grad(lambda t: (f(t, xs) * c).sum())
+
+    def h0(v):
+        jv = jvp(f_sel, (theta,), (v,))[1]
+        return pullback(a * jv)[0]
+
+    def hp(v):
+        return jvp(g, (theta,), (v,))[1]
+
+    return {"H0": h0, "Hp": hp, "H": lambda v: h0(v) + hp(v)}, theta
+
+
+def extreme_eigenvalues(matvec, n: int, k: int, which: str, like: torch.Tensor, tol: float = 1e-8) -> torch.Tensor:
+    """The k largest ("LA") or smallest ("SA") eigenvalues of a symmetric operator, by ARPACK's Lanczos
+    (scipy's eigsh on a LinearOperator), increasing."""
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    def mv(v):
+        t = torch.as_tensor(np.asarray(v).reshape(-1), dtype=like.dtype, device=like.device)
+        with torch.no_grad():
+            return matvec(t).double().cpu().numpy()
+
+    op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
+    vals = eigsh(op, k=min(k, n - 1), which=which, tol=tol, return_eigenvectors=False,
+                 v0=np.random.default_rng(0).standard_normal(n))
+    return torch.as_tensor(np.sort(vals))
+
+
+def lanczos_quadrature(matvec, n: int, steps: int, probes: int, like: torch.Tensor, seed: int = 0):
+    """Stochastic Lanczos quadrature: for each Rademacher probe v, ``steps`` Lanczos steps (full
+    reorthogonalisation) give nodes theta_k (eigenvalues of the tridiagonal matrix) and weights tau_k (squared
+    first components of its eigenvectors), so that the spectral density is about (1/probes) sum tau_k
+    delta(lambda - theta_k). Returns (nodes, weights), each (probes, steps)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    m = min(steps, n)
+    nodes = torch.zeros(probes, m, dtype=torch.float64)
+    weights = torch.zeros(probes, m, dtype=torch.float64)
+    for p in range(probes):
+        v = (torch.randint(0, 2, (n,), generator=gen) * 2 - 1).to(like.dtype).to(like.device) / math.sqrt(n)
+        basis = [v]
+        alphas, betas = [], []
+        w = None
+        for j in range(m):
+            with torch.no_grad():
+                w = matvec(basis[-1])
+            alpha_j = torch.dot(w, basis[-1])
+            w = w - alpha_j * basis[-1] - (betas[-1] * basis[-2] if betas else 0)
+            q = torch.stack(basis)
+            w = w - q.T @ (q @ w)                    # full reorthogonalisation, twice is enough
+            w = w - q.T @ (q @ w)
+            alphas.append(alpha_j)
+            beta = torch.linalg.norm(w)
+            if j == m - 1 or float(beta) < 1e-12 * max(1.0, float(abs(alpha_j))):
+                break
+            betas.append(beta)
+            basis.append(w / beta)
+        k = len(alphas)
+        t = torch.diag(torch.stack(alphas).double())
+        if k > 1:
+            off = torch.stack(betas[:k - 1]).double()
+            t = t + torch.diag(off, 1) + torch.diag(off, -1)
+        theta, vecs = torch.linalg.eigh(t)
+        nodes[p, :k], weights[p, :k] = theta.cpu(), (vecs[0] ** 2).cpu()
+    return nodes, weights
+
+
+def slq_density(nodes, weights, grid, sigma: float):
+    """The spectral density of an SLQ result on ``grid``, each node broadened by a Gaussian of width sigma."""
+    import numpy as np
+
+    nodes, weights, grid = (np.asarray(a, dtype=np.float64) for a in (nodes, weights, grid))
+    z = (grid[:, None, None] - nodes[None]) / sigma
+    return (weights[None] * np.exp(-z ** 2 / 2)).sum((1, 2)) / (len(nodes) * sigma * math.sqrt(2 * math.pi))
 
 
 def spectra(parts: dict[str, torch.Tensor], zero_tol: float) -> dict[str, object]:
@@ -141,22 +240,29 @@ def spectra(parts: dict[str, torch.Tensor], zero_tol: float) -> dict[str, object
 
 @attrs.frozen(kw_only=True)
 class HessianSpectrum(Observable):
-    """The dense spectra of H = H0 + Hp of the quadratic-hinge energy U (or of the training loss) at the end of
-    training, and optionally at initialisation: every eigenvalue of H, H0 and Hp (dim hess_eig, increasing,
-    NaN past N when the grid mixes widths), N_minus, the numerical rank of H0 and the near-zero count of H."""
+    """The spectra of H = H0 + Hp of the quadratic-hinge energy U (or of the training loss) at the end of training,
+    and optionally at initialisation. Up to ``max_dense`` parameters: every eigenvalue of H, H0 and Hp (dim
+    hess_eig, increasing, NaN past N when the grid mixes widths), N_minus, the numerical rank of H0 and the
+    near-zero count of H. Above: the k largest and smallest eigenvalues of each by Lanczos on matrix-free
+    products, and a stochastic Lanczos quadrature of each density (``slq_density`` broadens it)."""
 
     name: ClassVar[str] = "hessian_spectrum"
     variables: ClassVar = {
         f"hess_{what}{suffix}": Variable(long_name=f"{doc}{when}", dims=dims)
         for suffix, when in (("", " at the end"), ("_init", " at initialisation"))
         for what, doc, dims in (
-            ("eig_h", "eigenvalues of H = H0 + Hp, increasing", ("hess_eig",)),
-            ("eig_h0", "eigenvalues of H0 = sum grad Delta grad Delta^T, increasing", ("hess_eig",)),
-            ("eig_hp", "eigenvalues of Hp = sum Delta Hess Delta, increasing", ("hess_eig",)),
-            ("n_minus", "N_minus, negative eigenvalues of Hp", ()),
-            ("rank_h0", "numerical rank of H0", ()),
-            ("n_zero", "eigenvalues of H within zero_tol of 0", ()),
-            ("n_delta", "N_Delta, points with Delta = 1 - y f > 0", ()))
+            ("eig_h", "eigenvalues of H = H0 + Hp, increasing (N <= max_dense)", ("hess_eig",)),
+            ("eig_h0", "eigenvalues of H0 = sum grad Delta grad Delta^T, increasing (N <= max_dense)", ("hess_eig",)),
+            ("eig_hp", "eigenvalues of Hp = sum Delta Hess Delta, increasing (N <= max_dense)", ("hess_eig",)),
+            ("n_minus", "N_minus, negative eigenvalues of Hp (N <= max_dense)", ()),
+            ("rank_h0", "numerical rank of H0 (N <= max_dense)", ()),
+            ("n_zero", "eigenvalues of H within zero_tol of 0 (N <= max_dense)", ()),
+            ("n_delta", "N_Delta, points with Delta = 1 - y f > 0", ()),
+            *((f"{end}_{m.lower()}", f"the {k} {word} eigenvalues of {m} by Lanczos, increasing (N > max_dense)",
+               ("hess_k",)) for end, word, k in (("top", "largest", "k"), ("bottom", "smallest", "k"))
+              for m in ("H", "H0", "Hp")),
+            *((f"slq_{part}_{m.lower()}", f"stochastic Lanczos quadrature {part} of {m} (N > max_dense)",
+               ("slq_probe", "slq_node")) for part in ("nodes", "weights") for m in ("H", "H0", "Hp")))
     }
     energy: Literal["quadratic_hinge", "loss"] = param(
         default="quadratic_hinge", doc="U = sum_{Delta>0} Delta^2 / 2, or the run's training loss L")
@@ -164,12 +270,13 @@ class HessianSpectrum(Observable):
     max_dense: int = param(default=12000, doc="largest N for the dense spectra", validator=positive)
     zero_tol: float = param(default=1e-9, doc="|eigenvalue| <= zero_tol * max |eigenvalue of H| counts as 0",
                             validator=positive)
+    k: int = param(default=20, doc="N > max_dense: how many of the largest and of the smallest eigenvalues",
+                   validator=positive)
+    slq_probes: int = param(default=4, doc="N > max_dense: random probes of the Lanczos density", validator=positive)
+    slq_steps: int = param(default=80, doc="N > max_dense: Lanczos steps per probe (nodes of the density)",
+                           validator=positive)
 
     def measure(self, run):
-        n = run.model.n_params()
-        if n > self.max_dense:
-            raise dlphase.DataError(f"hessian_spectrum: N = {n} is above max_dense = {self.max_dense}; the Lanczos "
-                                    f"path for large nets is not built yet, so lower h or raise max_dense")
         x, y = run.tensors.x_train, run.tensors.y_train
         out = {}
         states = [("", run.model)]
@@ -181,12 +288,29 @@ class HessianSpectrum(Observable):
                     p.copy_(p0)
             states.append(("_init", init))
         for suffix, model in states:
-            parts = hessian_parts(model, x, y, self.energy, run.loss)
-            spec = spectra(parts, self.zero_tol)
-            for key in ("H", "H0", "Hp"):
-                out[f"hess_eig_{key.lower()}{suffix}"] = spec[key].double().cpu().numpy()
-            for key in ("n_minus", "rank_h0", "n_zero", "n_delta"):
-                out[f"hess_{key}{suffix}"] = spec[key]
+            values = self.dense(model, x, y, run.loss) if model.n_params() <= self.max_dense \
+                else self.lanczos(model, x, y, run.loss)
+            out.update({f"hess_{key}{suffix}": v for key, v in values.items()})
+        return out
+
+    def dense(self, model, x, y, loss) -> dict:
+        spec = spectra(hessian_parts(model, x, y, self.energy, loss), self.zero_tol)
+        out = {f"eig_{key.lower()}": spec[key].double().cpu().numpy() for key in ("H", "H0", "Hp")}
+        out.update({key: spec[key] for key in ("n_minus", "rank_h0", "n_zero", "n_delta")})
+        return out
+
+    def lanczos(self, model, x, y, loss) -> dict:
+        ops, theta = operators(model, x, y, self.energy, loss)
+        n = len(theta)
+        with torch.no_grad():
+            margins = y * model(x)
+        out = {"n_delta": int((margins < 1).sum())}
+        for key, op in ops.items():
+            name = key.lower()
+            out[f"top_{name}"] = extreme_eigenvalues(op, n, self.k, "LA", theta).numpy()
+            out[f"bottom_{name}"] = extreme_eigenvalues(op, n, self.k, "SA", theta).numpy()
+            nodes, weights = lanczos_quadrature(op, n, self.slq_steps, self.slq_probes, theta)
+            out[f"slq_nodes_{name}"], out[f"slq_weights_{name}"] = nodes.numpy(), weights.numpy()
         return out
 
 

@@ -1,5 +1,6 @@
 """H = H0 + Hp of the quadratic-hinge energy and of the training loss, against torch.func.hessian of the energy."""
 
+import numpy as np
 import pytest
 import torch
 from torch.func import hessian
@@ -74,8 +75,6 @@ def test_hessian_spectrum_observable_in_a_sweep(tmp_path):
     """Two widths in one cube: each run's spectra equal eigvalsh of torch.func.hessian of U at its trained net;
     the shorter run is padded with NaN; at initialisation every Delta = 1, so rank H0 = min(P, N) (tanh: no
     scaling symmetry that would make J rank-deficient, as relu's, and nearly so swish's, does)."""
-    import numpy as np
-
     import dlphase
     from dlphase.run import Run
 
@@ -102,13 +101,52 @@ def test_hessian_spectrum_observable_in_a_sweep(tmp_path):
         assert int(point["hess_rank_h0"]) <= int(point["hess_n_delta"])
 
 
-def test_hessian_spectrum_refuses_large_nets():
-    """Above max_dense the run is recorded as failed with a message that says what to change; the sweep goes on."""
+def test_matrix_free_operators_lanczos_and_quadrature():
+    """The matrix-free products equal the dense matrices; ARPACK's extreme eigenvalues equal eigvalsh's; each SLQ
+    probe's quadrature reproduces v^T M v and v^T M^2 v of its own probe vector exactly (Lanczos moments)."""
+    import math
+
+    model, x, y = _problem(FC(depth=2, activation="swish"), h=7)
+    parts = hs.hessian_parts(model, x, y)
+    ops, theta = hs.operators(model, x, y)
+    n = len(theta)
+    v = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    for key in ("H0", "Hp", "H"):
+        torch.testing.assert_close(ops[key](v), parts[key] @ v, rtol=1e-9, atol=1e-11)
+    eig = torch.linalg.eigvalsh(parts["H"])
+    top = hs.extreme_eigenvalues(ops["H"], n, 5, "LA", theta)
+    bottom = hs.extreme_eigenvalues(ops["H"], n, 5, "SA", theta)
+    torch.testing.assert_close(top, eig[-5:], rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(bottom, eig[:5], rtol=1e-6, atol=1e-9)
+    nodes, weights = hs.lanczos_quadrature(ops["H"], n, 12, 3, theta, seed=7)
+    gen = torch.Generator().manual_seed(7)
+    for p in range(3):
+        probe = (torch.randint(0, 2, (n,), generator=gen) * 2 - 1).double() / math.sqrt(n)
+        hv = parts["H"] @ probe
+        assert float(weights[p].sum()) == pytest.approx(1.0, abs=1e-12)
+        assert float((weights[p] * nodes[p]).sum()) == pytest.approx(float(probe @ hv), rel=1e-9)
+        assert float((weights[p] * nodes[p] ** 2).sum()) == pytest.approx(float(hv @ hv), rel=1e-9)
+    grid = torch.linspace(float(eig[0]) - 1, float(eig[-1]) + 1, 4001).numpy()
+    density = hs.slq_density(nodes, weights, grid, sigma=0.05)
+    assert float((density * (grid[1] - grid[0])).sum()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_hessian_spectrum_uses_lanczos_above_max_dense():
     import dlphase
 
-    raw = {"dataset": {"name": "mnist", "pca": 4, "n_test": 50}, "dynamics": {"name": "gradient_flow", "max_steps": 5},
-           "observables": {"names": ["hessian_spectrum"], "hessian_spectrum": {"max_dense": 10}},
-           "grid": {"h": [3], "alpha_tilde": [1.0], "P": [20]}}
-    ds = execute(dlphase.specs.build_spec(raw), {"h": 3, "alpha_tilde": 1.0, "P": 20, "seed": 0})
-    assert ds["status"].item() == "failed" and "above max_dense = 10" in ds["message"].item()
-
+    raw = {"dataset": {"name": "mnist", "pca": 4, "n_test": 50},
+           "architecture": {"name": "fc", "depth": 1, "activation": "tanh"},
+           "dynamics": {"name": "gradient_flow", "max_steps": 100},
+           "observables": {"names": ["errors", "hessian_spectrum"]},
+           "grid": {"h": [5], "alpha_tilde": [1.0], "P": [30]}}
+    point = {"h": 5, "alpha_tilde": 1.0, "P": 30, "seed": 0}
+    dense = execute(dlphase.specs.build_spec(raw), point)
+    raw["observables"]["hessian_spectrum"] = {"max_dense": 10, "k": 4, "slq_probes": 2, "slq_steps": 10}
+    sparse = execute(dlphase.specs.build_spec(raw), point)
+    assert "hess_eig_h" not in sparse and sparse["hess_slq_nodes_h"].shape == (2, 10)
+    for key in ("h", "h0", "hp"):
+        eig = dense[f"hess_eig_{key}"].values
+        scale = abs(eig).max()
+        np.testing.assert_allclose(sparse[f"hess_top_{key}"].values, eig[-4:], rtol=1e-6, atol=1e-8 * scale)
+        np.testing.assert_allclose(sparse[f"hess_bottom_{key}"].values, eig[:4], rtol=1e-6, atol=1e-8 * scale)
+    assert int(sparse["hess_n_delta"]) == int(dense["hess_n_delta"]) == int(dense["n_delta"])
