@@ -184,5 +184,25 @@ def plot_phase_diagram(cube_path, output, P):
     click.echo(f"phase diagram -> {output}")
 
 
+@plot.command("hessian-spectrum")
+@click.argument("cube_path", metavar="CUBE.nc")
+@click.option("-o", "--output", required=True, metavar="FILE.html|FILE.png")
+@click.option("--matrix", type=click.Choice(["h0", "h", "hp"]), default="h0", show_default=True)
+@click.option("--h", "h", type=int, default=None, help="which width (needed when the cube holds several)")
+@click.option("--alpha-tilde", "alpha_tilde", type=float, default=None)
+@click.option("--P", "P", type=int, default=None)
+@click.option("--seed", type=int, default=None)
+def plot_hessian_spectrum(cube_path, output, matrix, h, alpha_tilde, P, seed):
+    """Histogram of log10 |eigenvalue| of H0 (or H, Hp) for one run: the delta peak, gap and continuum at jamming."""
+    from .cube import check_writable, open_cube
+    from dlphase.analyses.hessian_spectrum import save_hessian_spectrum
+
+    _check_suffix(output, (".html", ".png"))
+    check_writable(output, "plot")
+    cube = open_cube(cube_path)
+    save_hessian_spectrum(cube, output, matrix, h=h, alpha_tilde=alpha_tilde, P=P, seed=seed)
+    click.echo(f"{matrix} spectrum -> {output}")
+
+
 if __name__ == "__main__":  # python -m dlphase.cli
     main()

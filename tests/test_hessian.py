@@ -150,3 +150,33 @@ def test_hessian_spectrum_uses_lanczos_above_max_dense():
         np.testing.assert_allclose(sparse[f"hess_top_{key}"].values, eig[-4:], rtol=1e-6, atol=1e-8 * scale)
         np.testing.assert_allclose(sparse[f"hess_bottom_{key}"].values, eig[:4], rtol=1e-6, atol=1e-8 * scale)
     assert int(sparse["hess_n_delta"]) == int(dense["hess_n_delta"]) == int(dense["n_delta"])
+
+
+def test_hessian_spectrum_plot(tmp_path):
+    """The command draws one run's histogram; a cube with several runs needs the point named; bad input is one line."""
+    import dlphase
+    from dlphase.analyses.hessian_spectrum import log_spectrum
+    from tests.conftest import run_cli
+    from tests.test_cli_errors import assert_clean_error
+
+    raw = {"dataset": {"name": "mnist", "pca": 4, "n_test": 50},
+           "architecture": {"name": "fc", "depth": 1, "activation": "tanh"},
+           "dynamics": {"name": "gradient_flow", "max_steps": 100},
+           "observables": {"names": ["errors", "hessian_spectrum"]},
+           "grid": {"h": [3, 6], "alpha_tilde": [1.0], "P": [40]}}
+    cube_path = tmp_path / "c.nc"
+    dlphase.sweep(dlphase.specs.build_spec(raw), cube_path, progress=False)
+    for out in ("s.html", "s.png"):
+        res = run_cli("plot", "hessian-spectrum", cube_path, "-o", tmp_path / out, "--h", "6")
+        assert res.returncode == 0, res.stderr
+        assert (tmp_path / out).stat().st_size > 1000
+    assert_clean_error(run_cli("plot", "hessian-spectrum", cube_path, "-o", tmp_path / "x.png"),
+                       "the cube holds 2 values of h (3, 6); pick one with --h")
+    assert_clean_error(run_cli("plot", "hessian-spectrum", cube_path, "-o", tmp_path / "x.png", "--h", "5"),
+                       "h = 5 is not in the cube")
+    assert not (tmp_path / "x.png").exists()
+    logs, negative = log_spectrum([0.0, -1e-3, 1.0, 100.0, float("nan")])
+    np.testing.assert_allclose(logs, [-16, -3, 0, 2])
+    assert negative == 1
+    with pytest.raises(dlphase.DlphaseError, match="every eigenvalue is 0"):
+        log_spectrum([0.0, 0.0])
