@@ -123,7 +123,8 @@ def sweep(spec_path, output, workers, overrides, retry_failed, quiet):
 
 @main.command()
 @click.argument("spec_path", metavar="SPEC.toml")
-@click.option("-o", "--output", required=True, metavar="K.nc", help="where to write the kernel set and its Gram matrices")
+@click.option("-o", "--output", required=True, metavar="K.nc",
+              help="where to write the kernel set and its Gram matrices")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--trained", is_flag=True, help="also train the point and store the NTK at the end (ntk_end)")
 def kernel(spec_path, output, overrides, trained):

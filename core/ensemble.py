@@ -155,6 +155,14 @@ def ntk_by_loop(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return g @ g.T
 
 
+def ntk_of(net: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
+    """Theta of one net between the rows of x1 and x2 (x1 when None), (n1, n2), through its architecture's
+    fastest batched kernel (an ensemble of one)."""
+    ens = ensemble_of([net])
+    with torch.no_grad():
+        return ens.ntk(ens.stack([net]), x1, x2)[0]
+
+
 def stacked(models, x: torch.Tensor):
     """What every batched engine starts from, for AlphaModels of one architecture and width: the
     batched net, the stacked parameters theta, a copy theta_0, the members' alpha (M,) and f~0 on x (M, n)."""

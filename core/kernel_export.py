@@ -19,7 +19,7 @@ from .specs import GRID_DIMS, Spec
 def kernel_dataset(spec: Spec, trained: bool = False) -> xr.Dataset:
     """The kernel-set Dataset of the spec's single grid point (see the module's docstring)."""
     from .cube import provenance
-    from .ensemble import ensemble_of
+    from .ensemble import ntk_of
 
     run = Run(spec)
     x = run.data.x_kernel
@@ -28,9 +28,7 @@ def kernel_dataset(spec: Spec, trained: bool = False) -> xr.Dataset:
     xk = torch.as_tensor(np.asarray(x), dtype=run.dtype, device=run.device)
 
     def ntk(net):
-        ens = ensemble_of([net])
-        with torch.no_grad():
-            return ens.ntk(ens.stack([net]), xk)[0].double().cpu().numpy()
+        return ntk_of(net, xk).double().cpu().numpy()
 
     pair = ("kernel_i", "kernel_j")
     variables = {

@@ -97,11 +97,9 @@ def _energy(energy: str, loss, P: int):
     raise ValueError(f"energy must be quadratic_hinge or loss, not {energy!r}")
 
 
-def hessian_parts(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadratic_hinge", loss=None,
-                  dense_hp: bool = True) -> dict[str, torch.Tensor]:
-    """H0, Hp and H = H0 + Hp of the energy at the model's current parameters, with J (the per-sample gradients of
-    f~ on the points where l'' or l' is non-zero) and the margins. ``energy``: "quadratic_hinge" (U, summed) or
-    "loss" (the mean of ``loss``)."""
+def _active_terms(model, x: torch.Tensor, y: torch.Tensor, energy: str, loss) -> dict:
+    """What both Hessian forms start from: theta and f~(theta, x), the margins, the points where l' or l'' is
+    non-zero (``idx``), and there the weights a = alpha^2 w l'' of H0 and c = alpha w l' y of Hp."""
     net, alpha = model.net, model.alpha
     theta, f = flat_parameters(net)
     with torch.no_grad():
@@ -109,17 +107,23 @@ def hessian_parts(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadra
         margins = y * alpha * (net(x) - f0)
     l_fn, w = _energy(energy, loss, len(y))
     d1, d2 = loss_derivatives(l_fn, margins)
-    active = (d1 != 0) | (d2 != 0)
-    idx = torch.nonzero(active).flatten()
+    idx = torch.nonzero((d1 != 0) | (d2 != 0)).flatten()
+    return {"theta": theta, "f": f, "margins": margins, "idx": idx, "f0": f0[idx], "l": l_fn, "w": w,
+            "a": alpha ** 2 * w * d2[idx], "c": alpha * w * d1[idx] * y[idx]}
+
+
+def hessian_parts(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadratic_hinge",
+                  loss=None) -> dict[str, torch.Tensor]:
+    """H0, Hp and H = H0 + Hp of the energy at the model's current parameters, with J (the per-sample gradients of
+    f~ on the points where l'' or l' is non-zero) and the margins. ``energy``: "quadratic_hinge" (U, summed) or
+    "loss" (the mean of ``loss``)."""
+    terms = _active_terms(model, x, y, energy, loss)
+    theta, f, idx, a = terms["theta"], terms["f"], terms["idx"], terms["a"]
     j = per_sample_gradients(f, theta, x[idx])
-    h0 = (alpha ** 2 * w) * (j.T * d2[idx]) @ j
-    out = {"H0": (h0 + h0.T) / 2, "J": j, "margins": margins, "gn_weights": alpha ** 2 * w * d2[idx]}
-    if dense_hp:
-        c = alpha * w * d1[idx] * y[idx]
-        hp = hessian_of_sum(f, theta, x[idx], c) if len(idx) else torch.zeros_like(h0)
-        out["Hp"] = hp
-        out["H"] = out["H0"] + hp
-    return out
+    h0 = (j.T * a) @ j
+    h0 = (h0 + h0.T) / 2
+    hp = hessian_of_sum(f, theta, x[idx], terms["c"]) if len(idx) else torch.zeros_like(h0)
+    return {"H0": h0, "Hp": hp, "H": h0 + hp, "J": j, "margins": terms["margins"], "gn_weights": a}
 
 
 def operators(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadratic_hinge", loss=None):
@@ -129,14 +133,9 @@ def operators(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadratic_
     non-zero); nothing of size N x N or N_Delta x N is formed. Returns ({"H0", "Hp", "H"}, theta)."""
     from torch.func import jvp, vjp
 
-    net, alpha = model.net, model.alpha
-    theta, f = flat_parameters(net)
-    with torch.no_grad():
-        margins = y * alpha * (net(x) - model.net0(x))
-    l_fn, w = _energy(energy, loss, len(y))
-    d1, d2 = loss_derivatives(l_fn, margins)
-    idx = torch.nonzero((d1 != 0) | (d2 != 0)).flatten()
-    xs, a, c = x[idx], alpha ** 2 * w * d2[idx], alpha * w * d1[idx] * y[idx]
+    terms = _active_terms(model, x, y, energy, loss)
+    theta, f, idx, a, c = terms["theta"], terms["f"], terms["idx"], terms["a"], terms["c"]
+    xs, alpha, w, l_fn, f0 = x[idx], model.alpha, terms["w"], terms["l"], terms["f0"]
 
     def f_sel(t):
         return f(t, xs)
@@ -162,8 +161,6 @@ def operators(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadratic_
         return hvp
 
     hp = hvp_of(lambda t: (f(t, xs) * c).sum())
-    with torch.no_grad():
-        f0 = model.net0(xs)
     h = hvp_of(lambda t: w * l_fn(y[idx] * alpha * (f(t, xs) - f0)).sum())
     return {"H0": h0, "Hp": hp, "H": h}, theta
 

@@ -27,8 +27,10 @@ import dlphase
 from dlphase import Dynamics, Loss, TrainResult, param
 from dlphase.specs import positive
 
+from .batched import loss_coefficients
 from .kernels import KernelFunction, KernelName, KernelPredictor
 from .losses import MSE, Hinge, SoftHinge
+from .stopping import common_rules, stops
 
 
 def _optional_positive(instance, attribute, value):
@@ -85,8 +87,7 @@ class KernelMethod(Dynamics):
         kernel, note = self.prepare(model, data)
         k_train = kernel(data.x_train)
         a, b, result = self.fit(k_train, data.y_train, started)
-        model.predictor = KernelPredictor(kernel, data.x_train, a, b)
-        model.predictor._cache[(data.x_train.data_ptr(), tuple(data.x_train.shape), data.x_train.dtype)] = k_train
+        model.predictor = KernelPredictor(kernel, data.x_train, a, b, k_train=k_train)
         result.message = (note + result.message).strip("; ")
         result.wall_seconds = time.perf_counter() - started
         return result
@@ -97,6 +98,7 @@ class KernelFlow(KernelMethod):
     """f = K a trained by the loss's flow in function space (the lazy net's flow with K = Theta_0)."""
 
     name: ClassVar[str] = "kernel"
+    steps_name: ClassVar[str] = "trial steps"
     loss: Loss = param(default=attrs.Factory(SoftHinge), doc="the loss l(y f): a name or {name = ..., ...}")
     max_steps: int = param(default=1_000_000, doc="budget on trial steps", validator=positive)
     max_time: float = param(default=math.inf, doc="flow-time budget", validator=positive)
@@ -108,33 +110,22 @@ class KernelFlow(KernelMethod):
     dt: float = param(default=1.0, doc="initial time step", validator=positive)
 
     def fit(self, k_train, y, started):
-        P = len(y)
-        a = torch.zeros(P, dtype=k_train.dtype, device=k_train.device)
+        a = torch.zeros(len(y), dtype=k_train.dtype, device=k_train.device)
         f = torch.zeros_like(a)
+        one = torch.ones(1, dtype=a.dtype, device=a.device)
 
         def velocity(f):
-            m = (y * f).detach().requires_grad_(True)
-            with torch.enable_grad():
-                (dl,) = torch.autograd.grad(self.loss(m).sum(), m)
-            return dl * y / P                     # dL/df; da/dt = -dL/df
+            """dL/df = l'(y f) y / P (da/dt = -dL/df), as every engine computes it (alpha = 1)."""
+            return loss_coefficients(self.loss, (y * f)[None], y, one)[0][0]
 
         g = velocity(f)
         t, dt, steps, trials = 0.0, self.dt, 0, 0
-        status, message = "budget", f"max_steps = {self.max_steps} trial steps reached"
         while True:
-            if not bool(torch.isfinite(f).all()):
-                status, message = "diverged", "non-finite output"
-                break
-            if bool((y * f >= 1).all()):
-                status, message = "converged", ""
-                break
-            if t >= self.max_time:
-                status, message = "budget", f"max_time = {self.max_time:g} reached"
-                break
-            if time.perf_counter() - started >= self.max_seconds:
-                status, message = "budget", f"max_seconds = {self.max_seconds:g} reached"
-                break
-            if trials >= self.max_steps:
+            rules = common_rules(self, torch.isfinite(f).all()[None], (y * f)[None], trials, t,
+                                 time.perf_counter() - started, [None])
+            stopped = stops(rules)
+            if stopped:
+                _, status, message = stopped[0]
                 break
             if not bool(g.any()):
                 status, message = "converged", "the loss's gradient vanished"
@@ -159,7 +150,8 @@ class SVM(KernelMethod):
     """A soft-margin SVM on the precomputed kernel (scikit-learn's SVC); f is its decision function."""
 
     name: ClassVar[str] = "svm"
-    loss: Loss = param(default=attrs.Factory(Hinge), doc="the loss recorded as train_loss (the SVM minimises the hinge)")
+    loss: Loss = param(default=attrs.Factory(Hinge),
+                       doc="the loss recorded as train_loss (the SVM minimises the hinge)")
     C: float = param(default=1e4, doc="inverse regularisation of the soft-margin SVM (large C: hard margin)",
                      validator=positive)
 

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from dlphase import DataError
-from dlphase.ensemble import ensemble_of
+from dlphase.ensemble import ntk_of
 
 KernelName = Literal["ntk_init", "ntk_final", "ntk_infinite", "laplace", "gaussian"]
 KERNELS = ("ntk_init", "ntk_final", "ntk_infinite", "laplace", "gaussian")
@@ -27,13 +27,6 @@ def median_distance(x: torch.Tensor, limit: int = 2000) -> float:
     d = torch.cdist(x, x)
     i, j = torch.triu_indices(len(x), len(x), 1, device=x.device)
     return float(torch.quantile(d[i, j], 0.5))   # the mean of the two middle values, as numpy
-
-
-def empirical_ntk(net: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
-    """Theta of one net between the rows of x1 and x2, through its architecture's fastest batched kernel."""
-    ens = ensemble_of([net])
-    with torch.no_grad():
-        return ens.ntk(ens.stack([net]), x1, x2)[0]
 
 
 class KernelFunction:
@@ -53,9 +46,9 @@ class KernelFunction:
 
     def __call__(self, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
         if self.name == "ntk_init":
-            return empirical_ntk(self.model.net0, x1, x2)
+            return ntk_of(self.model.net0, x1, x2)
         if self.name == "ntk_final":
-            return empirical_ntk(self.model.net, x1, x2)
+            return ntk_of(self.model.net, x1, x2)
         if self.name == "ntk_infinite":
             return self.model.net.infinite_kernels(x1, x2, quadrature=self.quadrature)["ntk"]
         x2 = x1 if x2 is None else x2
@@ -69,14 +62,19 @@ class KernelPredictor(torch.nn.Module):
     """f(x) = K(x, x_train) a + b, the trained predictor of a kernel method; K(x, x_train) is kept for the
     last few input tensors, since observables ask for the same sets again."""
 
-    def __init__(self, kernel: KernelFunction, x_train: torch.Tensor, a: torch.Tensor, b: float = 0.0):
+    def __init__(self, kernel: KernelFunction, x_train: torch.Tensor, a: torch.Tensor, b: float = 0.0,
+                 k_train: torch.Tensor | None = None):
         super().__init__()
         self.kernel, self.x_train, self.a, self.b = kernel, x_train, a, float(b)
-        self._cache: dict = {}
+        self._cache: dict = {} if k_train is None else {self._key(x_train): k_train}
+
+    @staticmethod
+    def _key(x: torch.Tensor):
+        return x.data_ptr(), tuple(x.shape), x.dtype
 
     def gram(self, x: torch.Tensor) -> torch.Tensor:
-        """K(x, x_train), cached by the tensor's storage and shape."""
-        key = (x.data_ptr(), tuple(x.shape), x.dtype)
+        """K(x, x_train), cached by the tensor's storage and shape (K on the training set is given when known)."""
+        key = self._key(x)
         if key not in self._cache:
             if len(self._cache) >= 4:
                 self._cache.pop(next(iter(self._cache)))
