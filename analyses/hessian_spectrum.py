@@ -16,12 +16,13 @@ MATRICES = ("h0", "h", "hp")
 
 
 def select_run(cube: xr.Dataset, variable: str, **point) -> xr.Dataset:
-    """The one run of the cube at ``point`` (h, alpha_tilde, P, seed; unnamed dims must have one value)."""
+    """The one run of the cube at ``point`` (h, alpha_tilde, P, seed; unnamed dims must have one value). In a
+    jamming line the spectra are those at h* and have no h dim."""
     if variable not in cube:
         raise DlphaseError(f"the cube has no {variable}; sweep with the hessian_spectrum observable (dense spectra "
                            f"need N <= max_dense)")
     sel = {}
-    for dim in ("h", "alpha_tilde", "P", "seed"):
+    for dim in [d for d in ("h", "alpha_tilde", "P", "seed") if d in cube[variable].dims]:
         values = cube[dim].values
         if point.get(dim) is not None:
             if point[dim] not in values:
@@ -59,9 +60,10 @@ def hessian_spectrum_plot(cube: xr.Dataset, matrix: str = "h0", backend: str = "
     logs, negative = log_spectrum(run[f"hess_eig_{matrix}"].values)
     counts, edges = np.histogram(logs, bins=bins)
     name = {"h0": "H0", "h": "H", "hp": "Hp"}[matrix]
-    title = (f"{name} spectrum: h = {run['h'].item()}, alpha_tilde = {run['alpha_tilde'].item():g}, "
+    h = int(run["h_star"]) if "h" in run.dims and "h_star" in run else run["h"].item()
+    title = (f"{name} spectrum: h = {h}, alpha_tilde = {run['alpha_tilde'].item():g}, "
              f"P = {run['P'].item()}, seed = {run['seed'].item()}")
-    if "hess_n_delta" in run:
+    if "hess_n_delta" in run and run["hess_n_delta"].ndim == 0:
         title += f", N_Delta = {int(run['hess_n_delta'])}"
     if negative:
         title += f" ({negative} negative: |lambda| shown)"

@@ -75,9 +75,15 @@ def log_edges(values) -> np.ndarray:
     return np.exp(np.concatenate([[2 * lv[0] - mid[0]], mid, [2 * lv[-1] - mid[-1]]]))
 
 
-def phase_diagram_plot(cube: xr.Dataset, P: int | None = None, backend: str = "bokeh"):
-    """A holoviews layout: one log-log heatmap per error measure, the jammed cells marked."""
+def phase_diagram_plot(cube: xr.Dataset, P: int | None = None, backend: str = "bokeh", line: xr.Dataset | None = None):
+    """A holoviews layout: one log-log heatmap per error measure, the jammed cells marked, and the jamming line
+    h*(alpha_tilde) from ``line`` (a file of dlphase jamming), or from the cube itself when it is one."""
     import holoviews as hv
+
+    from dlphase.jamming import jamming_curve
+
+    if line is None and "h_star" in cube:
+        line = cube
 
     pdg = phase_diagram(cube, P).sortby(["h", "alpha_tilde"])
     hx, ay = pdg["h"].values, pdg["alpha_tilde"].values
@@ -111,19 +117,26 @@ def phase_diagram_plot(cube: xr.Dataset, P: int | None = None, backend: str = "b
                     line = hv.Curve((lh, la), "h", "alpha_tilde", label=f"NTK change = {level:g}")
                     style = {"line_dash": dash} if backend == "bokeh" else {"linestyle": "--" if dash == "dashed" else "-"}
                     overlay = overlay * line.opts(color="white", **style)
+        if line is not None:
+            lh, la = jamming_curve(line, pdg.attrs["P"])
+            if len(lh):
+                curve = hv.Curve((lh, la), "h", "alpha_tilde", label="jamming line h*")
+                style = {"line_width": 3} if backend == "bokeh" else {"linewidth": 2.5}
+                overlay = overlay * curve.opts(color="red", **style)
         panels.append(overlay)
     layout = hv.Layout(panels).cols(2)
     return layout.opts(hspace=0.9, sublabel_format="") if backend == "matplotlib" else layout
 
 
-def save_phase_diagram(cube: xr.Dataset, path: str | Path, P: int | None = None) -> None:
+def save_phase_diagram(cube: xr.Dataset, path: str | Path, P: int | None = None,
+                       line: xr.Dataset | None = None) -> None:
     """Write the phase diagram as self-contained HTML (bokeh) or PNG (matplotlib), by suffix."""
     import holoviews as hv
 
     path = Path(path)
     backend = "matplotlib" if path.suffix.lower() == ".png" else "bokeh"
     _load_backend(backend)
-    layout = phase_diagram_plot(cube, P, backend=backend)
+    layout = phase_diagram_plot(cube, P, backend=backend, line=line)
     if backend == "bokeh":
         from bokeh.resources import INLINE
 

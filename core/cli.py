@@ -1,4 +1,4 @@
-"""The ``dlphase`` command line: run, sweep, kernel, plugins, plot.
+"""The ``dlphase`` command line: run, sweep, jamming, kernel, plugins, plot.
 
 Bad input (a spec, a path, a name) gives one line ``error: ...`` on stderr and exit status 2, with no
 traceback and no output file.
@@ -144,6 +144,47 @@ def kernel(spec_path, output, overrides, trained):
 
 
 @main.command()
+@click.argument("spec_path", metavar="SPEC.toml")
+@click.option("-o", "--output", required=True, metavar="LINE.nc",
+              help="the line and every run of the search; finished runs go to LINE.runs/")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--h-max", type=click.IntRange(min=1), default=None,
+              help="largest width to try (default: 8 times the grid's largest)")
+@click.option("--resolution", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="stop bisecting when the gap is at most resolution * h (0: consecutive widths)")
+@click.option("--spectrum/--no-spectrum", default=True, show_default=True,
+              help="add the hessian_spectrum observable, so that the spectrum at h* is stored")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="runs in parallel, each in its own process with cores/workers torch threads")
+@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+def jamming(spec_path, output, overrides, h_max, resolution, spectrum, workers, quiet):
+    """Find the jamming line h*(alpha_tilde): at each alpha_tilde and P of the grid, scan the grid's widths, then
+    bisect, for the largest h at which every seed ends with N_Delta > 0. Stores N_Delta / N and the Hessian
+    spectrum there, and the training budget the line depends on."""
+    import numpy as np
+
+    from .jamming import find_jamming_line
+
+    _check_suffix(output, (".nc",))
+    spec = _spec(spec_path, overrides)
+    line = find_jamming_line(spec, output, h_max=h_max, resolution=resolution, spectrum=spectrum,
+                             workers=workers, progress=not quiet)
+    for a in line["alpha_tilde"].values:
+        for P in line["P"].values:
+            pt = line.sel(alpha_tilde=a, P=P)
+            text = f"alpha_tilde={a:g} P={P}: "
+            if np.isfinite(pt["h_star"]):
+                text += (f"h* = {int(pt['h_star'])} (N = {int(pt['n_params_star'])}, N_Delta/N = "
+                         f"{float(pt['n_delta_over_n_star'].mean()):.3f})")
+                if np.isfinite(pt["h_next"]):
+                    text += f", next width {int(pt['h_next'])}"
+            if pt["jamming_outcome"].item() != "found":
+                text += f" [{pt['jamming_outcome'].item()}]"
+            click.echo(text)
+    click.echo(f"{int((line['status'] != '').sum())} runs -> {output}")
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def plugins(as_json):
     """List every installed plugin by kind, with its origin package and parameters."""
@@ -173,15 +214,21 @@ def plot():
 @click.argument("cube_path", metavar="CUBE.nc")
 @click.option("-o", "--output", required=True, metavar="FILE.html|FILE.png")
 @click.option("--P", "P", type=int, default=None, help="which P to draw (default: the largest in the cube)")
-def plot_phase_diagram(cube_path, output, P):
-    """Test error over (h, alpha_tilde), its ensemble version, and the jammed region."""
+@click.option("--jamming", "line_path", default=None, metavar="LINE.nc",
+              help="draw the jamming line written by dlphase jamming (drawn anyway when CUBE.nc is such a file)")
+def plot_phase_diagram(cube_path, output, P, line_path):
+    """Test error over (h, alpha_tilde), its ensemble version, the jammed region, the jamming line and the lazy /
+    feature crossover."""
     from .cube import check_writable, open_cube
     from dlphase.analyses.phase_diagram import save_phase_diagram
 
     _check_suffix(output, (".html", ".png"))
     check_writable(output, "plot")
     cube = open_cube(cube_path)
-    save_phase_diagram(cube, output, P=P)
+    line = open_cube(line_path) if line_path else None
+    if line is not None and "h_star" not in line:
+        raise DlphaseError(f"{line_path!r} has no jamming line (h_star); give the LINE.nc written by dlphase jamming")
+    save_phase_diagram(cube, output, P=P, line=line)
     click.echo(f"phase diagram -> {output}")
 
 

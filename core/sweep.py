@@ -86,6 +86,29 @@ def sweep(spec: Spec, out: str | os.PathLike, *, workers: int = 1, executor: cf.
     n_todo = sum(len(b) for b in batches)
 
     bar = _progress(total=len(points), initial=len(points) - n_todo, enabled=progress)
+    try:
+        run_batches(spec, batches, runs_dir, workers=workers, executor=executor, bar=bar, on_run=on_run,
+                    all_ids=ids)
+    finally:
+        bar.close()
+
+    cube = combine((open_cube(path_of(i)) for i in ids), spec)
+    write_atomic(cube, out)
+    return cube
+
+
+def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Path, *, workers: int = 1,
+                executor: cf.Executor | None = None, bar=None,
+                on_run: Callable[[Mapping[str, Any], xr.Dataset], None] | None = None,
+                all_ids: list[str] | None = None) -> None:
+    """Train ``batches`` (lists of points that share h and P) on ``executor`` and write each finished run to
+    ``runs_dir/<run_id>.nc`` as soon as its batch ends. A worker that dies, or Ctrl-C, leaves every finished run
+    saved and says how many of ``all_ids`` (default: the batches' runs) are saved and how to resume."""
+    all_ids = all_ids or [spec.run_id(p) for b in batches for p in b]
+
+    def saved() -> str:
+        return f"{sum((runs_dir / f'{i}.nc').exists() for i in all_ids)} of {len(all_ids)}"
+
     own_executor = executor is None
     if own_executor:
         executor = InlineExecutor() if workers == 1 else process_executor(workers)
@@ -104,32 +127,26 @@ def sweep(spec: Spec, out: str | os.PathLike, *, workers: int = 1, executor: cf.
                 try:
                     records = future.result()
                 except cf.BrokenExecutor as exc:
-                    n_done = sum(path_of(i).exists() for i in ids)
-                    raise DlphaseError(f"a worker process died ({exc}), perhaps out of memory; {n_done} of "
-                                       f"{len(ids)} runs are saved in {runs_dir}; rerun to resume, with fewer "
-                                       f"--workers") from None
+                    raise DlphaseError(f"a worker process died ({exc}), perhaps out of memory; {saved()} runs "
+                                       f"are saved in {runs_dir}; rerun to resume, with fewer --workers") from None
                 except Exception as exc:  # the executor itself failed these runs (e.g. pickling): record it
                     records = [failed_point(spec, p, f"{type(exc).__name__}: {exc}") for p in batch]
                 for point, ds in zip(batch, records):
-                    write_atomic(ds, path_of(spec.run_id(point)))
-                    bar.set_postfix_str(f"last: h={point['h']} at={point['alpha_tilde']:g} {ds['status'].item()}")
-                    bar.update(1)
+                    write_atomic(ds, runs_dir / f"{spec.run_id(point)}.nc")
+                    if bar is not None:
+                        bar.set_postfix_str(f"last: h={point['h']} at={point['alpha_tilde']:g} {ds['status'].item()}")
+                        bar.update(1)
                     if on_run is not None:
                         on_run(point, ds)
     except KeyboardInterrupt:
-        bar.close()
-        n_done = sum(path_of(i).exists() for i in ids)
-        print(f"interrupted: {n_done} of {len(ids)} runs are saved in {runs_dir}; run the same command "
-              f"again to resume", file=sys.stderr)
+        if bar is not None:
+            bar.close()
+        print(f"interrupted: {saved()} runs are saved in {runs_dir}; run the same command again to resume",
+              file=sys.stderr)
         raise
     finally:
         if own_executor:
             executor.shutdown(wait=False, cancel_futures=True)
-        bar.close()
-
-    cube = combine((open_cube(path_of(i)) for i in ids), spec)
-    write_atomic(cube, out)
-    return cube
 
 
 def _progress(total: int, initial: int, enabled: bool):

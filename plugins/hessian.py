@@ -300,9 +300,32 @@ class HessianSpectrum(Observable):
                     p.copy_(p0)
             states.append(("_init", init))
         for suffix, model in states:
-            values = self.dense(model, x, y, run.loss) if model.n_params() <= self.max_dense \
-                else self.lanczos(model, x, y, run.loss)
+            if len(_active_terms(model, x, y, self.energy, run.loss)["idx"]) == 0:
+                values = self.zero(model, x, y)
+            elif model.n_params() <= self.max_dense:
+                values = self.dense(model, x, y, run.loss)
+            else:
+                values = self.lanczos(model, x, y, run.loss)
             out.update({f"hess_{key}{suffix}": v for key, v in values.items()})
+        return out
+
+    def zero(self, model, x, y) -> dict:
+        """Where no point has l' or l'' non-zero (a converged run, for U) H = H0 = Hp = 0: the values without
+        forming anything (a converged wide net of a jamming scan would otherwise cost a full eigensolve)."""
+        n = model.n_params()
+        with torch.no_grad():
+            n_delta = int((y * model(x) < 1).sum())
+        if n <= self.max_dense:
+            zeros = torch.zeros(n, dtype=torch.float64).numpy()
+            return {"eig_h": zeros, "eig_h0": zeros, "eig_hp": zeros, "n_minus": 0, "rank_h0": 0, "n_zero": n,
+                    "n_delta": n_delta}
+        out = {"n_delta": n_delta}
+        weights = torch.zeros(self.slq_probes, self.slq_steps, dtype=torch.float64)
+        weights[:, 0] = 1.0
+        for name in ("h", "h0", "hp"):
+            out[f"top_{name}"] = out[f"bottom_{name}"] = torch.zeros(self.k, dtype=torch.float64).numpy()
+            out[f"slq_nodes_{name}"] = torch.zeros_like(weights).numpy()
+            out[f"slq_weights_{name}"] = weights.numpy()
         return out
 
     def dense(self, model, x, y, loss) -> dict:

@@ -1,9 +1,10 @@
+import atexit
 import os
+import shutil
 import subprocess
 import sys
-from pathlib import Path
-
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch
 torch.set_num_threads(1)
 # the tests (and the CLI processes they start) use a data cache of their own, never the user's
 os.environ["DLPHASE_CACHE"] = tempfile.mkdtemp(prefix="dlphase-test-cache-")
+atexit.register(shutil.rmtree, os.environ["DLPHASE_CACHE"], ignore_errors=True)
 os.environ.pop("DLPHASE_DATA", None)
 
 HERE = Path(__file__).parent

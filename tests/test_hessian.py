@@ -131,15 +131,20 @@ def test_matrix_free_operators_lanczos_and_quadrature():
     assert float((density * (grid[1] - grid[0])).sum()) == pytest.approx(1.0, abs=1e-3)
 
 
+def _tiny_spec(h, alpha_tilde, P, max_steps):
+    """A one-point spec (tanh fc on MNIST PCA 4) with the Hessian observable, as a raw dict, and its point."""
+    raw = {"dataset": {"name": "mnist", "pca": 4, "n_test": 50},
+           "architecture": {"name": "fc", "depth": 1, "activation": "tanh"},
+           "dynamics": {"name": "gradient_flow", "max_steps": max_steps},
+           "observables": {"names": ["errors", "hessian_spectrum"]},
+           "grid": {"h": [h], "alpha_tilde": [alpha_tilde], "P": [P]}}
+    return raw, {"h": h, "alpha_tilde": alpha_tilde, "P": P, "seed": 0}
+
+
 def test_hessian_spectrum_uses_lanczos_above_max_dense():
     import dlphase
 
-    raw = {"dataset": {"name": "mnist", "pca": 4, "n_test": 50},
-           "architecture": {"name": "fc", "depth": 1, "activation": "tanh"},
-           "dynamics": {"name": "gradient_flow", "max_steps": 100},
-           "observables": {"names": ["errors", "hessian_spectrum"]},
-           "grid": {"h": [5], "alpha_tilde": [1.0], "P": [30]}}
-    point = {"h": 5, "alpha_tilde": 1.0, "P": 30, "seed": 0}
+    raw, point = _tiny_spec(h=5, alpha_tilde=1.0, P=30, max_steps=100)
     dense = execute(dlphase.specs.build_spec(raw), point)
     raw["observables"]["hessian_spectrum"] = {"max_dense": 10, "k": 4, "slq_probes": 2, "slq_steps": 10}
     sparse = execute(dlphase.specs.build_spec(raw), point)
@@ -180,3 +185,27 @@ def test_hessian_spectrum_plot(tmp_path):
     assert negative == 1
     with pytest.raises(dlphase.DlphaseError, match="every eigenvalue is 0"):
         log_spectrum([0.0, 0.0])
+
+
+def test_a_converged_run_has_a_zero_hessian_without_computing_it(monkeypatch):
+    """With N_Delta = 0 every term of U vanishes: H = H0 = Hp = 0, which the observable returns without forming
+    a matrix (checked against the dense computation, and by making the dense and Lanczos paths unusable)."""
+    import dlphase
+
+    raw, point = _tiny_spec(h=20, alpha_tilde=1e3, P=10, max_steps=3000)
+    spec = dlphase.specs.build_spec(raw)
+    ran = execute(spec, point)
+    assert ran["status"].item() == "converged" and int(ran["n_delta"]) == 0
+    n = int(ran["n_params"])
+    run = dlphase.Run(spec, **point)
+    run.train()
+    parts = hs.hessian_parts(run.model, run.tensors.x_train, run.tensors.y_train)
+    assert float(parts["H"].abs().max()) == 0.0
+    np.testing.assert_array_equal(ran["hess_eig_h"].values, np.zeros(n))
+    assert int(ran["hess_n_zero"]) == n and int(ran["hess_rank_h0"]) == 0 and int(ran["hess_n_minus"]) == 0
+    monkeypatch.setattr(hs.HessianSpectrum, "dense", None)
+    monkeypatch.setattr(hs.HessianSpectrum, "lanczos", None)
+    raw["observables"]["hessian_spectrum"] = {"max_dense": 10, "k": 3, "slq_probes": 2, "slq_steps": 5}
+    sparse = execute(dlphase.specs.build_spec(raw), point)
+    np.testing.assert_array_equal(sparse["hess_top_h0"].values, np.zeros(3))
+    np.testing.assert_array_equal(sparse["hess_slq_weights_h"].values.sum(axis=1), np.ones(2))

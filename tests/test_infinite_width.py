@@ -94,7 +94,8 @@ def test_bad_input():
     assert set(ACTIVATIONS) == {"swish", "relu", "tanh"}  # each has a limit (quadrature or closed form)
 
 
-@pytest.mark.parametrize("activation,bias", [("swish", False), ("swish", True), ("tanh", True)])
+@pytest.mark.parametrize("activation,bias", [("swish", False), pytest.param("swish", True, marks=pytest.mark.slow),
+                                             pytest.param("tanh", True, marks=pytest.mark.slow)])
 def test_the_table_equals_direct_quadrature(activation, bias):
     """Interpolation over (log q, log q', theta) reproduces pair-by-pair quadrature, for inputs whose norms
     spread over a factor of about 10 and for cross kernels."""
