@@ -10,6 +10,7 @@ import xarray as xr
 
 from dlphase.errors import DlphaseError
 
+from .html import save_figure
 from .phase_diagram import _load_backend
 
 MATRICES = ("h0", "h", "hp")
@@ -77,8 +78,6 @@ def hessian_spectrum_plot(cube: xr.Dataset, matrix: str = "h0", backend: str = "
 
 def save_hessian_spectrum(cube: xr.Dataset, path: str | Path, matrix: str = "h0", **point) -> None:
     """Write the histogram as self-contained HTML (bokeh) or PNG (matplotlib), by suffix."""
-    import holoviews as hv
-
     path = Path(path)
     backend = "matplotlib" if path.suffix.lower() == ".png" else "bokeh"
     if matrix not in MATRICES:
@@ -86,9 +85,4 @@ def save_hessian_spectrum(cube: xr.Dataset, path: str | Path, matrix: str = "h0"
     log_spectrum(select_run(cube, f"hess_eig_{matrix}", **point)[f"hess_eig_{matrix}"].values)  # errors first
     _load_backend(backend)
     plot = hessian_spectrum_plot(cube, matrix, backend=backend, **point)
-    if backend == "bokeh":
-        from bokeh.resources import INLINE
-
-        hv.save(plot, path, backend=backend, resources=INLINE, title="dlphase Hessian spectrum")
-    else:
-        hv.save(plot, path, backend=backend, dpi=120)
+    save_figure(plot, path, "dlphase Hessian spectrum")

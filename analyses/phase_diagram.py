@@ -4,11 +4,17 @@ with the ``ntk`` observable the lazy / feature crossover line (NTK change ratio 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
+import attrs
 import numpy as np
 import xarray as xr
 
+import dlphase
+from dlphase import Analysis, param
 from dlphase.errors import DlphaseError
+
+from .ensemble import ensemble_members, usable
 
 
 def _select_P(cube: xr.Dataset, P: int | None) -> xr.Dataset:
@@ -19,15 +25,17 @@ def _select_P(cube: xr.Dataset, P: int | None) -> xr.Dataset:
     return cube.sel(P=P)
 
 
-def phase_diagram(cube: xr.Dataset, P: int | None = None) -> xr.Dataset:
+def phase_diagram(cube: xr.Dataset, P: int | None = None, line: xr.Dataset | None = None) -> xr.Dataset:
     """Per (h, alpha_tilde) at one P: mean and spread over seeds of the test error, the ensemble
     test error eps(<f>) with <f> the mean over seeds of f_test, and the fraction of seeds jammed
-    (ending with N_Delta > 0). Failed runs are left out of every average."""
+    (ending with N_Delta > 0); the geometric-mean NTK change where the cube has it; and the jamming line
+    (``jamming_h`` over ``line_alpha_tilde``) from ``line``, or from the cube when it is a jamming search.
+    Failed runs are left out of every average."""
     missing = [v for v in ("test_error", "n_delta") if v not in cube]
     if missing:
         raise DlphaseError(f"the cube has no {', '.join(missing)}; sweep with observables.names including 'errors'")
     c = _select_P(cube, P)
-    ok = c["status"] != "failed"
+    ok = usable(c)
     err = c["test_error"].where(ok)
     out = xr.Dataset({
         "test_error": err.mean("seed").assign_attrs(long_name="test error, mean over seeds"),
@@ -37,14 +45,19 @@ def phase_diagram(cube: xr.Dataset, P: int | None = None) -> xr.Dataset:
         "n_seeds": ok.sum("seed").assign_attrs(long_name="runs averaged (not failed)"),
     })
     if "f_test" in c and c.sizes["seed"] > 1:
-        f_mean = c["f_test"].where(ok).mean("seed")
-        y = c["y_test"]
-        out["ensemble_test_error"] = (f_mean * y <= 0).where(f_mean.notnull()).mean("test").assign_attrs(
+        out["ensemble_test_error"] = ensemble_members(c)["ensemble_test_error"].assign_attrs(
             long_name="ensemble test error eps(<f>), <f> = mean over seeds of f")
     if "ntk_change" in c:
         out["ntk_change"] = np.exp(np.log(c["ntk_change"].where(ok)).mean("seed")).assign_attrs(
             long_name="|Theta_end - Theta_0| / |Theta_0|, geometric mean over seeds")
     out.attrs["P"] = int(c["P"])
+    line = line if line is not None else (cube if "h_star" in cube else None)
+    if line is not None:
+        from dlphase.jamming import jamming_curve
+
+        lh, la = jamming_curve(line, int(c["P"]) if int(c["P"]) in line["P"].values else None)
+        out["jamming_h"] = xr.DataArray(lh, dims="line_alpha_tilde", coords={"line_alpha_tilde": la},
+                                        attrs={"long_name": "jamming line: geometric mean of h* and the next width"})
     return out
 
 
@@ -76,16 +89,17 @@ def log_edges(values) -> np.ndarray:
 
 
 def phase_diagram_plot(cube: xr.Dataset, P: int | None = None, backend: str = "bokeh", line: xr.Dataset | None = None):
-    """A holoviews layout: one log-log heatmap per error measure, the jammed cells marked, and the jamming line
-    h*(alpha_tilde) from ``line`` (a file of dlphase jamming), or from the cube itself when it is one."""
+    """A holoviews layout: one log-log heatmap per error measure, the jammed cells marked, the jamming line
+    h*(alpha_tilde) from ``line`` (a file of dlphase jamming) or from the cube itself when it is one, and the
+    lazy / feature crossover."""
+    return draw_phase_diagram(phase_diagram(cube, P, line), backend)
+
+
+def draw_phase_diagram(pdg: xr.Dataset, backend: str = "bokeh"):
+    """Draw the result of :func:`phase_diagram`."""
     import holoviews as hv
 
-    from dlphase.jamming import jamming_curve
-
-    if line is None and "h_star" in cube:
-        line = cube
-
-    pdg = phase_diagram(cube, P).sortby(["h", "alpha_tilde"])
+    pdg = pdg.sortby(["h", "alpha_tilde"])
     hx, ay = pdg["h"].values, pdg["alpha_tilde"].values
     xe, ye = log_edges(hx), log_edges(ay)
     fields = [("test_error", "test error <eps(f)>")]
@@ -117,8 +131,8 @@ def phase_diagram_plot(cube: xr.Dataset, P: int | None = None, backend: str = "b
                     line = hv.Curve((lh, la), "h", "alpha_tilde", label=f"NTK change = {level:g}")
                     style = {"line_dash": dash} if backend == "bokeh" else {"linestyle": "--" if dash == "dashed" else "-"}
                     overlay = overlay * line.opts(color="white", **style)
-        if line is not None:
-            lh, la = jamming_curve(line, pdg.attrs["P"])
+        if "jamming_h" in pdg:
+            lh, la = pdg["jamming_h"].values, pdg["line_alpha_tilde"].values
             if len(lh):
                 curve = hv.Curve((lh, la), "h", "alpha_tilde", label="jamming line h*")
                 style = {"line_width": 3} if backend == "bokeh" else {"linewidth": 2.5}
@@ -131,18 +145,13 @@ def phase_diagram_plot(cube: xr.Dataset, P: int | None = None, backend: str = "b
 def save_phase_diagram(cube: xr.Dataset, path: str | Path, P: int | None = None,
                        line: xr.Dataset | None = None) -> None:
     """Write the phase diagram as self-contained HTML (bokeh) or PNG (matplotlib), by suffix."""
-    import holoviews as hv
+    from .html import save_figure
 
     path = Path(path)
     backend = "matplotlib" if path.suffix.lower() == ".png" else "bokeh"
     _load_backend(backend)
     layout = phase_diagram_plot(cube, P, backend=backend, line=line)
-    if backend == "bokeh":
-        from bokeh.resources import INLINE
-
-        hv.save(layout, path, backend=backend, resources=INLINE, title="dlphase phase diagram")
-    else:
-        hv.save(layout, path, backend=backend, dpi=120)
+    save_figure(layout, path, "dlphase phase diagram")
 
 
 def _load_backend(backend: str) -> None:
@@ -155,3 +164,59 @@ def _load_backend(backend: str) -> None:
     if backend not in hv.Store.renderers:
         hv.extension(backend, logo=False)
     hv.Store.set_current_backend(backend)
+
+
+@attrs.frozen(kw_only=True)
+class PhaseDiagram(Analysis):
+    """The phase diagram over (h, alpha_tilde) at one P: <eps(f)>, eps(<f>), the jammed cells, the jamming line
+    (from a jamming search, or ``jamming``) and the lazy / feature crossover (with the ntk observable)."""
+
+    name: ClassVar[str] = "phase_diagram"
+    requires: ClassVar = ("test_error", "n_delta")
+    P: int | None = param(default=None, doc="which P (default: the largest in the cube)")
+    jamming: str | None = param(default=None, doc="a LINE.nc of dlphase jamming whose line to draw")
+
+    def applies(self, cube: xr.Dataset) -> str | None:
+        reason = super().applies(cube)
+        if reason is None and (cube.sizes.get("h", 1) < 2 or cube.sizes.get("alpha_tilde", 1) < 2):
+            return "the cube needs at least 2 widths and 2 values of alpha_tilde"
+        return reason
+
+    def compute(self, cube: xr.Dataset) -> xr.Dataset:
+        line = None
+        if self.jamming is not None:
+            from dlphase.cube import open_cube
+
+            line = open_cube(self.jamming)
+            if "h_star" not in line:
+                raise DlphaseError(f"{self.jamming!r} has no jamming line (h_star); give the LINE.nc written by "
+                                   f"dlphase jamming")
+        out = phase_diagram(cube, self.P, line)
+        out.attrs["analysis"] = self.name
+        return out
+
+    def summary(self, result: xr.Dataset) -> list[str]:
+        lines = []
+        for field in ("test_error", "ensemble_test_error"):
+            if field in result and np.isfinite(result[field].values).any():
+                best = result[field].argmin(...)
+                at = {d: float(result[d].values[int(i)]) for d, i in best.items()}
+                lines.append(f"lowest {field} = {float(result[field].isel(best)):.4f} at h = {at['h']:g}, "
+                             f"alpha_tilde = {at['alpha_tilde']:g}")
+        if "jamming_h" in result:
+            lines.append("jamming line: " + ", ".join(f"alpha_tilde = {a:g}: h* ~ {h:.1f}" for h, a in zip(
+                result["jamming_h"].values, result["line_alpha_tilde"].values)))
+        if "ntk_change" in result:
+            hs, alphas = crossover(result)
+            lines.append("lazy / feature crossover (NTK change = 1): " + (", ".join(
+                f"h = {h:g}: alpha_tilde = {a:.3g}" for h, a in zip(hs, alphas)) or "not inside the grid"))
+        return lines
+
+    def plot(self, result: xr.Dataset, backend: str = "bokeh"):
+        return draw_phase_diagram(result, backend)
+
+
+@dlphase.hookimpl
+def register_analyses(register):
+    register(PhaseDiagram)
+

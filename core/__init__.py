@@ -6,7 +6,7 @@ and :func:`sweep` for a whole grid into an xarray cube.
 
 from .errors import DataError, DlphaseError, PluginError, SpecError
 from .hookspecs import hookimpl
-from .interfaces import (Architecture, Data, Dataset, Dynamics, Loss, Observable, RunState, TorchData,
+from .interfaces import (Analysis, Architecture, Data, Dataset, Dynamics, Loss, Observable, RunState, TorchData,
                          Variable)
 from .results import TrainResult
 from .specs import GRID_DIMS, Grid, RunOptions, Spec, load_spec, param
@@ -17,7 +17,7 @@ from .sweep import sweep
 from .cube import open_cube
 
 __all__ = [
-    "AlphaModel", "Architecture", "Data", "DataError", "Dataset", "DlphaseError", "Dynamics", "GRID_DIMS",
+    "AlphaModel", "Analysis", "Architecture", "Data", "DataError", "Dataset", "DlphaseError", "Dynamics", "GRID_DIMS",
     "Grid", "Loss", "Observable", "PluginError", "PluginManager", "Run", "RunOptions", "RunState", "Spec",
     "SpecError", "TorchData", "TrainResult", "Variable", "alpha_of", "get_manager", "hookimpl", "load_spec",
     "open_cube", "param", "sweep",

@@ -1,4 +1,4 @@
-"""The ``dlphase`` command line: run, sweep, jamming, kernel, plugins, plot.
+"""The ``dlphase`` command line: run, sweep, jamming, kernel, plugins, analyze, plot, report.
 
 Bad input (a spec, a path, a name) gives one line ``error: ...`` on stderr and exit status 2, with no
 traceback and no output file.
@@ -205,7 +205,122 @@ def plugins(as_json):
             click.echo(f"      {p['name']} ({p['type']}, default {default}): {p['doc']}")
 
 
-@main.group(cls=click.Group)
+def _analysis_options(cls) -> list[click.Option]:
+    """One option per parameter of an analysis class, typed from its annotation (--over seed, --n-boot 200)."""
+    import types
+    import typing
+
+    import attrs
+
+    hints = typing.get_type_hints(cls)
+    options = []
+    for f in attrs.fields(cls):
+        if not f.init:
+            continue
+        tp = hints.get(f.name, str)
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        flag = f"--{f.name.replace('_', '-')}"
+        doc = f.metadata.get("doc", "")
+        default = None if f.default is attrs.NOTHING else f.default
+        helptext = f"{doc} (default: {default})" if default is not None else doc
+        if tp is bool:
+            options.append(click.Option([f"{flag}/--no-{f.name.replace('_', '-')}", f.name], default=None,
+                                        help=helptext))
+        elif typing.get_origin(tp) is typing.Literal:
+            options.append(click.Option([flag, f.name], type=click.Choice(typing.get_args(tp)), default=None,
+                                        help=helptext))
+        else:
+            kind = {int: click.INT, float: click.FLOAT}.get(tp, click.STRING)
+            options.append(click.Option([flag, f.name], type=kind, default=None, help=helptext))
+    return options
+
+
+class AnalysisGroup(Group):
+    """A group whose subcommands are its own commands plus one per registered analysis (third-party ones too)."""
+
+    def __init__(self, *args, make=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.make = make
+
+    def list_commands(self, ctx):
+        from .manager import get_manager
+
+        names = {n.replace("_", "-") for n in get_manager().names("analysis")}
+        return sorted(set(super().list_commands(ctx)) | names)
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is not None:
+            return command
+        from .manager import get_manager
+
+        manager = get_manager()
+        canonical = name.replace("-", "_")
+        if canonical in manager.names("analysis"):
+            return self.make(canonical, manager.get("analysis", canonical))
+        return None
+
+    def resolve_command(self, ctx, args):
+        if args and not args[0].startswith("-") and self.get_command(ctx, args[0]) is None:
+            raise click.UsageError(f"unknown analysis {args[0]!r}; installed: {', '.join(self.list_commands(ctx))}",
+                                   ctx)
+        return super().resolve_command(ctx, args)
+
+
+def _first_line(cls) -> str:
+    import inspect
+
+    return (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ")
+
+
+def _analyze_command(name: str, cls) -> click.Command:
+    def callback(cube_path, as_json, output, **options):
+        from dlphase.analyses.run import analyze, text, to_json
+
+        from .cube import check_writable, open_cube, write_atomic
+
+        if output is not None:
+            _check_suffix(output, (".nc",))
+            check_writable(output, "result")
+        analysis, result = analyze(open_cube(cube_path), name, **options)
+        if output is not None:
+            write_atomic(result, output)
+        click.echo(to_json(analysis, result) if as_json else text(analysis, result).rstrip())
+        if output is not None and not as_json:
+            click.echo(f"-> {output}")
+
+    params = [click.Argument(["cube_path"], metavar="CUBE.nc"),
+              click.Option(["--json", "as_json"], is_flag=True, help="print the result as JSON"),
+              click.Option(["-o", "--output"], metavar="RESULT.nc", default=None, help="also store the result")]
+    return click.Command(name.replace("_", "-"), params=params + _analysis_options(cls), callback=callback,
+                         help=_first_line(cls))
+
+
+def _plot_command(name: str, cls) -> click.Command:
+    def callback(cube_path, output, **options):
+        from dlphase.analyses.run import analyze, save_plot
+
+        from .cube import check_writable, open_cube
+
+        _check_suffix(output, (".html", ".png"))
+        check_writable(output, "plot")
+        analysis, result = analyze(open_cube(cube_path), name, **options)
+        save_plot(analysis, result, output)
+        click.echo(f"{analysis.name.replace('_', '-')} -> {output}")
+
+    params = [click.Argument(["cube_path"], metavar="CUBE.nc"),
+              click.Option(["-o", "--output"], required=True, metavar="FILE.html|FILE.png")]
+    return click.Command(name.replace("_", "-"), params=params + _analysis_options(cls), callback=callback,
+                         help=_first_line(cls))
+
+
+@main.group(cls=AnalysisGroup, make=_analyze_command)
+def analyze():
+    """Run an analysis on a cube and print its result as a table (or JSON); -o stores it as netCDF."""
+
+
+@main.group(cls=AnalysisGroup, make=_plot_command)
 def plot():
     """Draw a figure from a cube (HTML with bokeh, PNG with matplotlib)."""
 
@@ -250,6 +365,22 @@ def plot_hessian_spectrum(cube_path, output, matrix, h, alpha_tilde, P, seed):
     cube = open_cube(cube_path)
     save_hessian_spectrum(cube, output, matrix, h=h, alpha_tilde=alpha_tilde, P=P, seed=seed)
     click.echo(f"{matrix} spectrum -> {output}")
+
+
+@main.command()
+@click.argument("cube_path", metavar="CUBE.nc")
+@click.option("-o", "--output", required=True, metavar="REPORT.html")
+def report(cube_path, output):
+    """One self-contained HTML page: every analysis that applies to the cube (summary, plot, table), what was
+    skipped and why, and the spec and provenance."""
+    from dlphase.analyses.report import write_report
+
+    from .cube import check_writable, open_cube
+
+    _check_suffix(output, (".html",))
+    check_writable(output, "report")
+    done = write_report(open_cube(cube_path), output, source=cube_path)
+    click.echo(f"{len(done)} analyses ({', '.join(done)}) -> {output}")
 
 
 if __name__ == "__main__":  # python -m dlphase.cli

@@ -45,6 +45,12 @@ def register_observables(register):
     """Register :class:`dlphase.Observable` classes, measured at the end of a run: ``register(cls)``."""
 
 
+@hookspec
+def register_analyses(register):
+    """Register :class:`dlphase.Analysis` classes, functions from a result cube to a labelled result:
+    ``register(cls)``."""
+
+
 #: kind name -> hook name; the order is the order of ``dlphase plugins``.
 KINDS = {
     "dataset": "register_datasets",
@@ -52,4 +58,5 @@ KINDS = {
     "dynamics": "register_dynamics",
     "loss": "register_losses",
     "observable": "register_observables",
+    "analysis": "register_analyses",
 }

@@ -1,4 +1,4 @@
-"""The five kinds of plugin, as documented abstract interfaces.
+"""The six kinds of plugin, as documented abstract interfaces.
 
 Every implementation is a frozen, keyword-only attrs class whose fields are its parameters (what
 the spec writes beside ``name``), and whose ``name`` class attribute is the name the spec uses.
@@ -15,6 +15,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+    import xarray as xr
 
     from .model import AlphaModel
     from .results import TrainResult
@@ -227,3 +228,33 @@ class RunState:
     monitor: Any = None  # the run's dlphase.trajectory.Monitor, when an observable asked for checkpoints
     #: shared by the observables of one run, for results that several of them use (the NTK Gram matrices)
     cache: dict = attrs.field(factory=dict)
+
+
+class Analysis(Component):
+    """Turns a result cube into a labelled result (xarray in, xarray out), and draws it with holoviews.
+
+    ``requires`` names the cube variables it needs; :meth:`applies` says why a cube does not suit it, and
+    ``dlphase report`` runs every analysis that applies. The attrs fields are its options (``--over seed``).
+    """
+
+    kind = "analysis"
+    #: cube variables the analysis needs
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def applies(self, cube: "xr.Dataset") -> str | None:
+        """None when the analysis can run on ``cube``, else why not (one line, naming what is missing)."""
+        missing = [v for v in self.requires if v not in cube]
+        return f"the cube has no {', '.join(missing)}" if missing else None
+
+    @abc.abstractmethod
+    def compute(self, cube: "xr.Dataset") -> "xr.Dataset":
+        """The result, with ``long_name`` on every variable; fitted numbers go in variables, not only attrs."""
+
+    def plot(self, result: "xr.Dataset", backend: str = "bokeh"):
+        """A holoviews object drawing ``result`` (``backend``: bokeh or matplotlib)."""
+        raise NotImplementedError(f"analysis {self.name!r} has no plot")
+
+    def summary(self, result: "xr.Dataset") -> list[str]:
+        """Lines of text for a reader (the fitted exponents, what was left out); by default none."""
+        return []
+

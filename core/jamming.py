@@ -166,8 +166,7 @@ def find_jamming_line(spec: Spec, out: str | os.PathLike, *, h_max: int | None =
     found: dict[tuple, dict[int, str]] = {k: {} for k in keys}
     records: dict[tuple, xr.Dataset] = {}
     wanted = {k: sorted(set(spec.grid.h)) for k in keys}
-    bar = _progress(total=None, initial=0, enabled=progress)
-    bar.set_description("jamming")
+    bar = _progress(total=None, initial=0, enabled=progress, desc="jamming")
     try:
         for _ in range(MAX_ROUNDS):
             points = [dict(zip(GRID_DIMS, (h, a, P, s))) for (a, P), hs in wanted.items() for h in hs for s in seeds]

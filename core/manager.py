@@ -144,7 +144,7 @@ class PluginManager:
     @staticmethod
     def _add(table, kind, cls, origin, described) -> None:
         base = {"dataset": "Dataset", "architecture": "Architecture", "dynamics": "Dynamics",
-                "loss": "Loss", "observable": "Observable"}[kind]
+                "loss": "Loss", "observable": "Observable", "analysis": "Analysis"}[kind]
         if not (isinstance(cls, type) and issubclass(cls, Component) and getattr(cls, "kind", None) == kind):
             raise TypeError(f"{cls!r} is not a dlphase.{base} subclass")
         if not attrs.has(cls):

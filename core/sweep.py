@@ -149,8 +149,8 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
             executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _progress(total: int, initial: int, enabled: bool):
+def _progress(total: int | None, initial: int, enabled: bool, desc: str = "sweep"):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, unit="run", desc="sweep", disable=not enabled,
+    return tqdm(total=total, initial=initial, unit="run", desc=desc, disable=not enabled,
                 dynamic_ncols=True, file=sys.stderr)

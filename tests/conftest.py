@@ -51,6 +51,19 @@ def run_cli(*args, cwd=None, timeout=300):
                           timeout=timeout, env=env)
 
 
+def run_cli_here(*args):
+    """Run the command line in this process (no interpreter start-up: for the many error cases); returns an
+    object with returncode, stdout and stderr like :func:`run_cli`."""
+    import types
+
+    from click.testing import CliRunner
+
+    from dlphase.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return types.SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
+
+
 def write(path, text):
     path = Path(path)
     path.write_text(text)

@@ -1,4 +1,4 @@
-"""A fake third-party plugin, as a package would ship it: a dataset and an observable."""
+"""A fake third-party plugin, as a package would ship it: a dataset, an observable and an analysis."""
 
 from typing import ClassVar
 
@@ -6,7 +6,7 @@ import attrs
 import numpy as np
 
 import dlphase
-from dlphase import Data, Dataset, Observable, Variable, param
+from dlphase import Analysis, Data, Dataset, Observable, Variable, param
 
 
 @attrs.frozen(kw_only=True)
@@ -51,3 +51,30 @@ def register_datasets(register):
 @dlphase.hookimpl
 def register_observables(register):
     register(MeanOutput)
+
+
+@attrs.frozen(kw_only=True)
+class WorstSeed(Analysis):
+    """The largest test error over seeds at each (h, alpha_tilde, P)."""
+
+    name: ClassVar[str] = "worst_seed"
+    requires: ClassVar = ("test_error",)
+    scale: float = param(default=1.0, doc="multiplies the result")
+
+    def compute(self, cube):
+        return (self.scale * cube["test_error"].max("seed")).assign_attrs(long_name="worst test error").to_dataset(
+            name="worst")
+
+    def summary(self, result):
+        return [f"worst of all: {float(result['worst'].max()):.3f}"]
+
+    def plot(self, result, backend="bokeh"):
+        import holoviews as hv
+
+        return hv.Curve((result["h"].values, result["worst"].max(["alpha_tilde", "P"]).values), "h", "worst")
+
+
+@dlphase.hookimpl
+def register_analyses(register):
+    register(WorstSeed)
+

@@ -1,0 +1,68 @@
+"""Statistics the analyses share: power-law fits with confidence intervals, and bootstrap resampling over seeds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.stats
+
+
+def power_law_fit(x, y, level: float = 0.95) -> dict[str, float]:
+    """Fit y = A x^b by least squares on (log x, log y) over the points where both are finite and > 0.
+
+    Returns the exponent b with its ``level`` confidence interval (Student t on the slope's standard error,
+    n - 2 degrees of freedom), the prefactor A and the number of points n; NaN where n < 3."""
+    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    n = int(ok.sum())
+    out = {"exponent": math.nan, "low": math.nan, "high": math.nan, "prefactor": math.nan, "n": n}
+    if n < 3 or len(np.unique(x[ok])) < 2:
+        return out
+    fit = scipy.stats.linregress(np.log(x[ok]), np.log(y[ok]))
+    half = scipy.stats.t.ppf((1 + level) / 2, n - 2) * fit.stderr
+    out.update(exponent=float(fit.slope), low=float(fit.slope - half), high=float(fit.slope + half),
+               prefactor=float(np.exp(fit.intercept)))
+    return out
+
+
+def common_slope_fit(groups: list[tuple[np.ndarray, np.ndarray]], level: float = 0.95) -> dict[str, float]:
+    """One exponent b for several curves y_g = A_g x^b (each its own prefactor), by least squares on
+    (log x, log y) with one intercept per curve; the interval is Student t with n - 1 - (number of curves)
+    degrees of freedom. Curves with fewer than 2 usable points are left out."""
+    xs, ys, ids = [], [], []
+    for x, y in groups:
+        x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+        ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+        if ok.sum() >= 2 and len(np.unique(x[ok])) >= 2:
+            xs.append(np.log(x[ok]))
+            ys.append(np.log(y[ok]))
+            ids.append(np.full(ok.sum(), len(ids)))
+    n = int(sum(len(v) for v in xs))
+    out = {"exponent": math.nan, "low": math.nan, "high": math.nan, "n": n, "curves": len(xs)}
+    dof = n - 1 - len(xs)
+    if not xs or dof < 1:
+        return out
+    lx, ly, g = np.concatenate(xs), np.concatenate(ys), np.concatenate(ids)
+    design = np.column_stack([lx, (g[:, None] == np.arange(len(xs))[None, :]).astype(float)])
+    coef, *_ = np.linalg.lstsq(design, ly, rcond=None)
+    resid = ly - design @ coef
+    cov = np.linalg.inv(design.T @ design) * float(resid @ resid) / dof
+    half = scipy.stats.t.ppf((1 + level) / 2, dof) * math.sqrt(cov[0, 0])
+    out.update(exponent=float(coef[0]), low=float(coef[0] - half), high=float(coef[0] + half))
+    return out
+
+
+def bootstrap_weights(m: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, m) weights of ``n_boot`` resamples with replacement of m members; each row sums to 1."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(m, np.full(m, 1.0 / m), size=n_boot) / m
+
+
+def interval(samples: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap samples (NaN when there are none)."""
+    samples = samples[np.isfinite(samples)]
+    if len(samples) == 0:
+        return math.nan, math.nan
+    lo, hi = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
