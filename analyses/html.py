@@ -42,9 +42,7 @@ def write_html(obj, path: str | os.PathLike, title: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(page)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        _usual_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -64,7 +62,16 @@ def save_figure(obj, path: str | os.PathLike, title: str) -> None:
     os.close(fd)
     try:
         hv.save(obj, tmp, backend="matplotlib", dpi=110)
+        _usual_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _usual_mode(path: str) -> None:
+    """mkstemp makes 0600 files; give the permissions a plain open() would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+

@@ -88,6 +88,17 @@ def log_edges(values) -> np.ndarray:
     return np.exp(np.concatenate([[2 * lv[0] - mid[0]], mid, [2 * lv[-1] - mid[-1]]]))
 
 
+def log_ticks(edges) -> list[tuple[float, str]]:
+    """Tick marks for a log axis over ``edges``: powers of 10, or of 2 where the range holds fewer than 3 of 10."""
+    lo, hi = float(np.min(edges)) * (1 - 1e-9), float(np.max(edges)) * (1 + 1e-9)
+    for base in (10.0, 2.0):
+        ticks = [base ** k for k in range(int(np.floor(np.log(lo) / np.log(base))),
+                                          int(np.ceil(np.log(hi) / np.log(base))) + 1) if lo <= base ** k <= hi]
+        if len(ticks) >= 3:
+            break
+    return [(t, f"{t:g}") for t in ticks]
+
+
 def phase_diagram_plot(cube: xr.Dataset, P: int | None = None, backend: str = "bokeh", line: xr.Dataset | None = None):
     """A holoviews layout: one log-log heatmap per error measure, the jammed cells marked, the jamming line
     h*(alpha_tilde) from ``line`` (a file of dlphase jamming) or from the cube itself when it is one, and the
@@ -121,7 +132,8 @@ def draw_phase_diagram(pdg: xr.Dataset, backend: str = "bokeh"):
             mesh = mesh.opts(width=480, height=400, tools=["hover"], **common)
             pts = points.opts(color="red", marker="x", size=12, line_width=2, show_legend=False)
         else:
-            mesh = mesh.opts(fig_inches=5, **common)
+            # matplotlib labels the minor ticks of a log axis spanning less than a decade, and they overlap
+            mesh = mesh.opts(fig_inches=5, xticks=log_ticks(xe), yticks=log_ticks(ye), **common)
             pts = points.opts(color="red", marker="X", s=60, show_legend=False)
         overlay = mesh * pts if jammed.any() else mesh
         if "ntk_change" in pdg:  # the lazy / feature crossover: ratio 1 solid, 0.1 and 10 dashed

@@ -99,3 +99,10 @@ def test_crossover_in_the_plot(tmp_path):
     path = tmp_path / "pd.html"
     save_phase_diagram(ntk_cube(), path)
     assert "NTK change = 1" in path.read_text()
+
+
+def test_log_ticks_are_powers_of_ten_or_two():
+    from dlphase.analyses.phase_diagram import log_edges, log_ticks
+
+    assert [t for t, _ in log_ticks(log_edges([1e-2, 1.0, 1e3]))] == [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4]
+    assert [label for _, label in log_ticks(log_edges([4, 8, 16, 32, 64]))] == ["4", "8", "16", "32", "64"]
