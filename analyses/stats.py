@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.stats
 
 
 def power_law_fit(x, y, level: float = 0.95) -> dict[str, float]:
@@ -19,6 +18,8 @@ def power_law_fit(x, y, level: float = 0.95) -> dict[str, float]:
     out = {"exponent": math.nan, "low": math.nan, "high": math.nan, "prefactor": math.nan, "n": n}
     if n < 3 or len(np.unique(x[ok])) < 2:
         return out
+    import scipy.stats  # imported here: it costs a second, and every command loads this module
+
     fit = scipy.stats.linregress(np.log(x[ok]), np.log(y[ok]))
     half = scipy.stats.t.ppf((1 + level) / 2, n - 2) * fit.stderr
     out.update(exponent=float(fit.slope), low=float(fit.slope - half), high=float(fit.slope + half),
@@ -48,6 +49,8 @@ def common_slope_fit(groups: list[tuple[np.ndarray, np.ndarray]], level: float =
     coef, *_ = np.linalg.lstsq(design, ly, rcond=None)
     resid = ly - design @ coef
     cov = np.linalg.inv(design.T @ design) * float(resid @ resid) / dof
+    import scipy.stats
+
     half = scipy.stats.t.ppf((1 + level) / 2, dof) * math.sqrt(cov[0, 0])
     out.update(exponent=float(coef[0]), low=float(coef[0] - half), high=float(coef[0] + half))
     return out
