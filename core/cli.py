@@ -36,7 +36,8 @@ class Group(click.Group):
             click.echo("aborted", err=True)
             sys.exit(130)
         except click.exceptions.NoArgsIsHelpError as exc:
-            commands = ", ".join(getattr(exc.ctx.command, "commands", {})) if exc.ctx else ""
+            group = exc.ctx.command if exc.ctx else None
+            commands = ", ".join(group.list_commands(exc.ctx)) if isinstance(group, click.Group) else ""
             _fail(f"`{exc.ctx.command_path}` needs a command: {commands} (see `{exc.ctx.command_path} --help`)")
         except click.UsageError as exc:
             hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""

@@ -166,3 +166,11 @@ def test_analysis_command_errors(tmp_path, args, fragment):
     res = run_cli_here(*[subs.get(a, a) for a in args])
     assert_clean_error(res, fragment)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cube.nc"]
+
+
+def test_report_of_a_cube_no_analysis_suits(tmp_path):
+    cube = xr.Dataset({"t": (("h",), [1.0])}, coords={"h": [4]})
+    cube.to_netcdf(tmp_path / "c.nc")
+    res = run_cli_here("report", tmp_path / "c.nc", "-o", tmp_path / "r.html")
+    assert_clean_error(res, "no analysis applies to this cube", "phase_diagram: the cube has no test_error")
+    assert not (tmp_path / "r.html").exists()

@@ -1,8 +1,11 @@
-"""Bad input on the command line: exit status 2, one line on stderr, no traceback, no output file."""
+"""Bad input on the command line: exit status 2, one line on stderr, no traceback, no output file.
+
+Most cases run the command line in this process (``run_cli_here``: no interpreter start-up each); the cases of
+missing files, unwritable outputs and a missing subcommand run the installed ``dlphase`` script."""
 
 import pytest
 
-from tests.conftest import TINY_SPEC, run_cli, write
+from tests.conftest import TINY_SPEC, run_cli, run_cli_here, write
 
 
 def assert_clean_error(res, *fragments):
@@ -39,7 +42,7 @@ def test_bad_spec(tmp_path, case, command):
     out = tmp_path / "out.nc"
     extra = ["--set", "grid.h=[16]", "--set", "grid.alpha_tilde=[1.0]", "--set", "grid.seed=[0]"] \
         if command == "run" and case not in ("h_zero", "h_negative", "malformed_toml") else []
-    res = run_cli(command, spec, "-o", out, *extra)
+    res = run_cli_here(command, spec, "-o", out, *extra)
     assert_clean_error(res, *fragments)
     assert list(tmp_path.iterdir()) == [spec], "no output file, no runs folder"
 
@@ -64,24 +67,25 @@ def test_unwritable_output(tmp_path, tiny_spec, where):
 
 
 def test_bad_set_and_bad_options(tmp_path, tiny_spec):
-    assert_clean_error(run_cli("sweep", tiny_spec, "-o", tmp_path / "c.nc", "--set", "grid.h"), "KEY=VALUE")
-    assert_clean_error(run_cli("sweep", tiny_spec, "-o", tmp_path / "c.nc", "--workers", "0"), "--workers")
-    assert_clean_error(run_cli("sweep", tiny_spec, "-o", tmp_path / "c.txt"), "must end in .nc")
-    assert_clean_error(run_cli("sweep", tiny_spec), "Missing option '-o'")
-    assert_clean_error(run_cli("frobnicate"), "No such command 'frobnicate'")
-    assert_clean_error(run_cli("run", tiny_spec, "-o", tmp_path / "r.nc"),
+    assert_clean_error(run_cli_here("sweep", tiny_spec, "-o", tmp_path / "c.nc", "--set", "grid.h"), "KEY=VALUE")
+    assert_clean_error(run_cli_here("sweep", tiny_spec, "-o", tmp_path / "c.nc", "--workers", "0"), "--workers")
+    assert_clean_error(run_cli_here("sweep", tiny_spec, "-o", tmp_path / "c.txt"), "must end in .nc")
+    assert_clean_error(run_cli_here("sweep", tiny_spec), "Missing option '-o'")
+    assert_clean_error(run_cli_here("frobnicate"), "No such command 'frobnicate'")
+    assert_clean_error(run_cli_here("run", tiny_spec, "-o", tmp_path / "r.nc"),
                        "grid.h has 2 values but dlphase run takes one point")
     assert list(tmp_path.iterdir()) == [tiny_spec]
 
 
 def test_plot_errors(tmp_path):
-    assert_clean_error(run_cli("plot", "phase-diagram", tmp_path / "none.nc", "-o", tmp_path / "p.html"),
+    assert_clean_error(run_cli_here("plot", "phase-diagram", tmp_path / "none.nc", "-o", tmp_path / "p.html"),
                        "does not exist")
     junk = write(tmp_path / "junk.nc", "not netcdf")
-    assert_clean_error(run_cli("plot", "phase-diagram", junk, "-o", tmp_path / "p.html"), "cannot read")
-    assert_clean_error(run_cli("plot", "phase-diagram", junk, "-o", tmp_path / "p.pdf"), "must end in .html or .png")
+    assert_clean_error(run_cli_here("plot", "phase-diagram", junk, "-o", tmp_path / "p.html"), "cannot read")
+    assert_clean_error(run_cli_here("plot", "phase-diagram", junk, "-o", tmp_path / "p.pdf"), "must end in .html or .png")
     assert not (tmp_path / "p.html").exists()
 
 
 def test_missing_subcommand():
-    assert_clean_error(run_cli("plot"), "`dlphase plot` needs a command: phase-diagram")
+    assert_clean_error(run_cli("plot"), "`dlphase plot` needs a command: double-descent, ensemble, fluctuation-scaling, "
+                                        "hessian-spectrum, learning-curve, phase-diagram")
