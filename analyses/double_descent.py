@@ -13,7 +13,7 @@ import dlphase
 from dlphase import Analysis, param
 
 from .ensemble import check_over, ensemble_members, usable
-from .fluctuations import jamming_width
+from .fluctuations import jamming_point
 
 
 @attrs.frozen(kw_only=True)
@@ -36,8 +36,7 @@ class DoubleDescent(Analysis):
         check_over(cube, self.over, "test_error")
         ok = usable(cube)
         eps = cube["test_error"].where(ok)
-        n = cube["n_params"].max(self.over) if self.over in cube["n_params"].dims else cube["n_params"]
-        h_j = jamming_width(cube, self.over)
+        n, h_j, n_j = jamming_point(cube, self.over)
         out = xr.Dataset({
             "n_params": n.assign_attrs(long_name="N, number of parameters"),
             "test_error_mean": eps.mean(self.over).assign_attrs(long_name="<eps(f)>, mean test error over seeds"),
@@ -45,7 +44,7 @@ class DoubleDescent(Analysis):
             "jammed_fraction": (cube["n_delta"] > 0).where(ok).mean(self.over).assign_attrs(
                 long_name="fraction of seeds ending with N_Delta > 0"),
             "h_jamming": h_j.assign_attrs(long_name="widest h where a seed ends jammed (N_Delta > 0)"),
-            "n_jamming": n.where(cube["h"] == h_j).max("h").assign_attrs(long_name="N at h_jamming"),
+            "n_jamming": n_j.assign_attrs(long_name="N at h_jamming"),
         })
         if "f_norm" in cube:
             out["f_norm_mean"] = cube["f_norm"].where(ok).mean(self.over).assign_attrs(

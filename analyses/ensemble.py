@@ -13,7 +13,7 @@ import xarray as xr
 import dlphase
 from dlphase import Analysis, param
 from dlphase.errors import DlphaseError
-from dlphase.specs import positive
+from dlphase.specs import positive, probability
 
 from .stats import bootstrap_weights, interval
 
@@ -83,12 +83,8 @@ class Ensemble(Analysis):
     requires: ClassVar = ("f_test", "y_test", "test_error")
     over: str = param(default="seed", doc="the dim averaged over (seed, or any other dim of f_test)")
     n_boot: int = param(default=1000, doc="bootstrap resamples of the members", validator=positive)
-    level: float = param(default=0.95, doc="level of the bootstrap intervals")
+    level: float = param(default=0.95, doc="level of the bootstrap intervals", validator=probability)
     boot_seed: int = param(default=0, doc="seed of the bootstrap resampling")
-
-    def __attrs_post_init__(self):
-        if not 0 < self.level < 1:
-            raise ValueError(f"level = {self.level} must be between 0 and 1")
 
     def compute(self, cube: xr.Dataset) -> xr.Dataset:
         stats = ensemble_members(cube, self.over)

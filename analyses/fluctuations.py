@@ -12,22 +12,30 @@ import xarray as xr
 
 import dlphase
 from dlphase import Analysis, param
+from dlphase.specs import probability
 
 from .ensemble import ensemble_members, usable
-from .stats import common_slope_fit, power_law_fit
+from .stats import common_slope_fit, power_law_fits
 
 QUANTITIES = {"fluctuation": "RMS over the test set of f - <f>, mean over seeds",
               "gap": "<eps(f)> - eps(<f>)"}
 
 
-def jamming_width(cube: xr.Dataset, over: str = "seed") -> xr.DataArray:
-    """Per point of the dims other than h and ``over``: the largest h where any member ends with N_Delta > 0
-    (NaN when none does). From a jamming search, the first all-converged width minus one if it is larger."""
-    jammed = ((cube["n_delta"] > 0) & usable(cube)).any(over)
-    widest = cube["h"].where(jammed).max("h")
+def jammed_anywhere(cube: xr.Dataset, over: str = "seed") -> xr.DataArray:
+    """Whether any member (along ``over``) of a point ends with N_Delta > 0."""
+    return ((cube["n_delta"] > 0) & usable(cube)).any(over)
+
+
+def jamming_point(cube: xr.Dataset, over: str = "seed") -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
+    """(N per width, h_J, N_J): per point of the dims other than h and ``over``, h_J is the largest h where any
+    member ends with N_Delta > 0 (NaN when none does; from a jamming search, the first all-converged width minus
+    one if it is larger) and N_J its N."""
+    n = cube["n_params"].max(over) if over in cube["n_params"].dims else cube["n_params"]
+    h_j = cube["h"].where(jammed_anywhere(cube, over)).max("h")
     if "h_unjammed" in cube:
-        widest = np.fmax(widest, cube["h_unjammed"] - 1)
-    return widest
+        h_j = np.fmax(h_j, cube["h_unjammed"] - 1)
+    n_j = n.where(cube["h"] == h_j).max("h") if "h" in n.dims else xr.full_like(h_j, np.nan, dtype=float)
+    return n, h_j, n_j
 
 
 @attrs.frozen(kw_only=True)
@@ -41,22 +49,17 @@ class FluctuationScaling(Analysis):
     over: str = param(default="seed", doc="the dim averaged over")
     near_jamming: float = param(default=2.0, doc="leave out N < near_jamming * N_J (N_J: N at the widest width "
                                                   "where a seed jammed)")
-    level: float = param(default=0.95, doc="level of the confidence intervals of the exponents")
+    level: float = param(default=0.95, doc="level of the confidence intervals of the exponents",
+                         validator=probability)
 
     def __attrs_post_init__(self):
-        if not 0 < self.level < 1:
-            raise ValueError(f"level = {self.level} must be between 0 and 1")
         if self.near_jamming < 1:
             raise ValueError(f"near_jamming = {self.near_jamming} must be >= 1")
 
     def compute(self, cube: xr.Dataset) -> xr.Dataset:
         stats = ensemble_members(cube, self.over)
-        n = cube["n_params"]
-        if self.over in n.dims:
-            n = n.max(self.over)
-        h_j = jamming_width(cube, self.over)
-        n_j = n.where(cube["h"] == h_j).max("h") if "h" in n.dims else xr.full_like(h_j, np.nan, dtype=float)
-        jammed = ((cube["n_delta"] > 0) & usable(cube)).any(self.over)
+        n, _, n_j = jamming_point(cube, self.over)
+        jammed = jammed_anywhere(cube, self.over)
         near = (n < self.near_jamming * n_j) & ~jammed
         few = stats["n_members"] < 2
         reason = xr.where(jammed, "jammed", xr.where(near, f"near jamming (N < {self.near_jamming:g} N_J)",
@@ -68,25 +71,15 @@ class FluctuationScaling(Analysis):
             "left_out": reason.astype(object).assign_attrs(long_name="why a point is not in the fits ('' if it is)"),
             "n_jamming": n_j.assign_attrs(long_name="N_J, N at the widest width where a member jammed"),
         })
-        fit_dims = [d for d in reason.dims if d != "h"]
         for q in QUANTITIES:
             used = out[q].where(reason == "")
             out[f"{q}_used"] = (used > 0).assign_attrs(long_name=f"points in the fit of {q} (> 0, not left out)")
-            fits = {k: np.full([out.sizes[d] for d in fit_dims], np.nan) for k in ("exponent", "low", "high",
-                                                                                    "prefactor", "n")}
-            curves = []
-            for idx in np.ndindex(*fits["n"].shape):
-                sel = {d: i for d, i in zip(fit_dims, idx)}
-                x, y = out["n_params"].isel(sel).values, used.isel(sel).values
-                for k, v in power_law_fit(x, y, self.level).items():
-                    fits[k][idx] = v
-                curves.append((x, y))
+            fits, curves = power_law_fits(out["n_params"], used, "h", self.level)
             for k, v in fits.items():
                 doc = {"exponent": f"fitted exponent b of {q} ~ N^b", "low": f"{q}: low end of the "
                        f"{self.level:.0%} interval of b", "high": f"{q}: high end of the {self.level:.0%} interval of b",
                        "prefactor": f"{q}: fitted prefactor A of A N^b", "n": f"{q}: points in the fit"}[k]
-                out[f"{q}_{k}"] = xr.DataArray(v, dims=fit_dims, coords={d: out[d] for d in fit_dims},
-                                               attrs={"long_name": doc})
+                out[f"{q}_{k}"] = v.assign_attrs(long_name=doc)
             pooled = common_slope_fit(curves, self.level)
             for k in ("exponent", "low", "high", "n", "curves"):
                 out[f"{q}_pooled_{k}"] = xr.DataArray(pooled[k], attrs={

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 #: <script src=...></script> and <link href=...> tags that load a file
@@ -35,18 +34,16 @@ def standalone_html(obj, title: str) -> str:
 
 
 def write_html(obj, path: str | os.PathLike, title: str) -> None:
-    """Write :func:`standalone_html` atomically (a temporary file in the same folder, then a rename)."""
-    path = Path(path)
+    """Write :func:`standalone_html` atomically."""
+    from dlphase.cube import atomic_write
+
     page = standalone_html(obj, title)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(page)
-        _usual_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def save_figure(obj, path: str | os.PathLike, title: str) -> None:
@@ -54,24 +51,9 @@ def save_figure(obj, path: str | os.PathLike, title: str) -> None:
     been built for that backend), atomically."""
     import holoviews as hv
 
-    path = Path(path)
-    if path.suffix.lower() != ".png":
+    from dlphase.cube import atomic_write
+
+    if Path(path).suffix.lower() != ".png":
         write_html(obj, path, title)
-        return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        hv.save(obj, tmp, backend="matplotlib", dpi=110)
-        _usual_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _usual_mode(path: str) -> None:
-    """mkstemp makes 0600 files; give the permissions a plain open() would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
+    else:
+        atomic_write(path, lambda tmp: hv.save(obj, tmp, backend="matplotlib", dpi=110), suffix=".png")

@@ -11,10 +11,11 @@ import xarray as xr
 
 import dlphase
 from dlphase import Analysis, param
+from dlphase.specs import probability
 from dlphase.errors import DlphaseError
 
 from .ensemble import ensemble_members, usable
-from .stats import power_law_fit
+from .stats import power_law_fits
 
 
 @attrs.frozen(kw_only=True)
@@ -27,11 +28,7 @@ class LearningCurve(Analysis):
     requires: ClassVar = ("test_error",)
     x: str = param(default="P", doc="the dim the error is fitted against")
     over: str = param(default="seed", doc="the dim averaged over")
-    level: float = param(default=0.95, doc="level of the confidence interval of beta")
-
-    def __attrs_post_init__(self):
-        if not 0 < self.level < 1:
-            raise ValueError(f"level = {self.level} must be between 0 and 1")
+    level: float = param(default=0.95, doc="level of the confidence interval of beta", validator=probability)
 
     def applies(self, cube: xr.Dataset) -> str | None:
         reason = super().applies(cube)
@@ -55,26 +52,17 @@ class LearningCurve(Analysis):
         for field in [f for f in ("test_error_mean", "ensemble_test_error") if f in out]:
             tag = "beta" if field == "test_error_mean" else "beta_ensemble"
             da = out[field]
-            rest = [d for d in da.dims if d != self.x]
-            fits = {k: np.full([da.sizes[d] for d in rest], np.nan) for k in ("exponent", "low", "high", "prefactor", "n")}
-            for idx in np.ndindex(*fits["n"].shape):
-                curve = da.isel(dict(zip(rest, idx)))
-                fit = power_law_fit(curve[self.x].values, curve.values, self.level)
-                for k, v in fit.items():
-                    fits[k][idx] = v
-            coords = {d: out[d] for d in rest}
+            fits, _ = power_law_fits(da[self.x], da, self.x, self.level)
             what = "<eps(f)>" if tag == "beta" else "eps(<f>)"
             # eps ~ x^(-beta): beta is minus the fitted exponent, and the interval flips
-            out[tag] = xr.DataArray(-fits["exponent"], dims=rest, coords=coords,
-                                    attrs={"long_name": f"beta of {what} ~ {self.x}^(-beta)"})
-            out[f"{tag}_low"] = xr.DataArray(-fits["high"], dims=rest, coords=coords, attrs={
-                "long_name": f"low end of the {self.level:.0%} interval of {tag}"})
-            out[f"{tag}_high"] = xr.DataArray(-fits["low"], dims=rest, coords=coords, attrs={
-                "long_name": f"high end of the {self.level:.0%} interval of {tag}"})
-            out[f"{tag}_prefactor"] = xr.DataArray(fits["prefactor"], dims=rest, coords=coords,
-                                                   attrs={"long_name": f"prefactor A of {what} = A {self.x}^(-beta)"})
-            out[f"{tag}_n"] = xr.DataArray(fits["n"], dims=rest, coords=coords,
-                                           attrs={"long_name": f"points in the fit of {tag} (eps > 0)"})
+            out[tag] = (-fits["exponent"]).assign_attrs(long_name=f"beta of {what} ~ {self.x}^(-beta)")
+            out[f"{tag}_low"] = (-fits["high"]).assign_attrs(
+                long_name=f"low end of the {self.level:.0%} interval of {tag}")
+            out[f"{tag}_high"] = (-fits["low"]).assign_attrs(
+                long_name=f"high end of the {self.level:.0%} interval of {tag}")
+            out[f"{tag}_prefactor"] = fits["prefactor"].assign_attrs(
+                long_name=f"prefactor A of {what} = A {self.x}^(-beta)")
+            out[f"{tag}_n"] = fits["n"].assign_attrs(long_name=f"points in the fit of {tag} (eps > 0)")
         out.attrs.update({"analysis": self.name, "x": self.x, "over": self.over, "level": self.level})
         return out
 

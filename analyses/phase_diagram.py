@@ -195,15 +195,9 @@ class PhaseDiagram(Analysis):
         return reason
 
     def compute(self, cube: xr.Dataset) -> xr.Dataset:
-        line = None
-        if self.jamming is not None:
-            from dlphase.cube import open_cube
+        from dlphase.jamming import open_line
 
-            line = open_cube(self.jamming)
-            if "h_star" not in line:
-                raise DlphaseError(f"{self.jamming!r} has no jamming line (h_star); give the LINE.nc written by "
-                                   f"dlphase jamming")
-        out = phase_diagram(cube, self.P, line)
+        out = phase_diagram(cube, self.P, open_line(self.jamming) if self.jamming is not None else None)
         out.attrs["analysis"] = self.name
         return out
 

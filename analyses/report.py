@@ -11,6 +11,7 @@ import xarray as xr
 from dlphase.errors import DlphaseError
 
 from .html import write_html
+from .run import table_groups
 
 #: the order of the page; other registered analyses (third-party ones) follow
 ORDER = ("phase_diagram", "double_descent", "ensemble", "fluctuation_scaling", "learning_curve")
@@ -18,12 +19,8 @@ ORDER = ("phase_diagram", "double_descent", "ensemble", "fluctuation_scaling", "
 
 def _table_html(result: xr.Dataset, max_rows: int = 40) -> str:
     """The result's small variables (not over test points) as HTML tables, one per set of dims."""
-    by_dims: dict[tuple, list[str]] = {}
-    for name, var in result.data_vars.items():
-        if "test" not in var.dims and var.size <= 5000 and var.dtype.kind in "fiub":
-            by_dims.setdefault(var.dims, []).append(name)
     parts = []
-    for dims, names in sorted(by_dims.items(), key=lambda kv: len(kv[0])):
+    for dims, names in table_groups(result, numeric=True):
         if not dims:
             rows = "".join(f"<tr><th>{html.escape(n)}</th><td>{float(result[n]):.4g}</td></tr>" for n in names)
             parts.append(f"<table>{rows}</table>")

@@ -37,19 +37,25 @@ def analyze(cube: xr.Dataset, name: str, manager=None, **options):
     return analysis, analysis.compute(cube)
 
 
-def _tables(result: xr.Dataset, max_rows: int = 60) -> list[str]:
-    """The result's small variables as text tables, one per set of dims (arrays over test points are left out)."""
-    import pandas as pd
-
+def table_groups(result: xr.Dataset, numeric: bool = False) -> list[tuple[tuple[str, ...], list[str]]]:
+    """The result's small variables (not over test points, at most 5000 values; with ``numeric`` only numbers and
+    booleans) grouped by their dims, scalars first: one table per group."""
     by_dims: dict[tuple, list[str]] = {}
     for name, var in result.data_vars.items():
-        if "test" in var.dims or var.size > 5000:
+        if "test" in var.dims or var.size > 5000 or (numeric and var.dtype.kind not in "fiub"):
             continue
         by_dims.setdefault(var.dims, []).append(name)
+    return sorted(by_dims.items(), key=lambda kv: len(kv[0]))
+
+
+def _tables(result: xr.Dataset, max_rows: int = 60) -> list[str]:
+    """The result's small variables as text tables, one per set of dims."""
+    import pandas as pd
+
     out = []
     with pd.option_context("display.max_rows", max_rows, "display.width", 160, "display.max_columns", 12,
                            "display.float_format", lambda v: f"{v:.4g}"):
-        for dims, names in sorted(by_dims.items(), key=lambda kv: len(kv[0])):
+        for dims, names in table_groups(result):
             if not dims:
                 out.append("\n".join(f"{n} = {_scalar(result[n])}" for n in names))
             else:

@@ -27,6 +27,26 @@ def power_law_fit(x, y, level: float = 0.95) -> dict[str, float]:
     return out
 
 
+def power_law_fits(x, y, along: str, level: float = 0.95):
+    """:func:`power_law_fit` of the DataArray ``y`` against ``x`` (broadcast to it) along the dim ``along``, at every
+    point of y's other dims. Returns ({exponent, low, high, prefactor, n}: DataArrays over those dims, and the
+    curves [(x, y), ...] that were fitted, for :func:`common_slope_fit`)."""
+    import xarray as xr
+
+    x = x.broadcast_like(y).transpose(*y.dims)
+    rest = [d for d in y.dims if d != along]
+    fits = {k: np.full([y.sizes[d] for d in rest], np.nan) for k in ("exponent", "low", "high", "prefactor", "n")}
+    curves = []
+    for idx in np.ndindex(*fits["n"].shape):
+        sel = dict(zip(rest, idx))
+        xs, ys = x.isel(sel).values, y.isel(sel).values
+        for k, v in power_law_fit(xs, ys, level).items():
+            fits[k][idx] = v
+        curves.append((xs, ys))
+    coords = {d: y[d] for d in rest if d in y.coords}
+    return {k: xr.DataArray(v, dims=rest, coords=coords) for k, v in fits.items()}, curves
+
+
 def common_slope_fit(groups: list[tuple[np.ndarray, np.ndarray]], level: float = 0.95) -> dict[str, float]:
     """One exponent b for several curves y_g = A_g x^b (each its own prefactor), by least squares on
     (log x, log y) with one intercept per curve; the interval is Student t with n - 1 - (number of curves)

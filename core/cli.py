@@ -336,14 +336,13 @@ def plot_phase_diagram(cube_path, output, P, line_path):
     """Test error over (h, alpha_tilde), its ensemble version, the jammed region, the jamming line and the lazy /
     feature crossover."""
     from .cube import check_writable, open_cube
+    from .jamming import open_line
     from dlphase.analyses.phase_diagram import save_phase_diagram
 
     _check_suffix(output, (".html", ".png"))
     check_writable(output, "plot")
     cube = open_cube(cube_path)
-    line = open_cube(line_path) if line_path else None
-    if line is not None and "h_star" not in line:
-        raise DlphaseError(f"{line_path!r} has no jamming line (h_star); give the LINE.nc written by dlphase jamming")
+    line = open_line(line_path) if line_path else None
     save_phase_diagram(cube, output, P=P, line=line)
     click.echo(f"phase diagram -> {output}")
 

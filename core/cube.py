@@ -131,13 +131,14 @@ def combine(runs: Iterable[xr.Dataset], spec: Spec) -> xr.Dataset:
     return cube
 
 
-def write_atomic(ds: xr.Dataset, path: str | os.PathLike) -> None:
-    """Write netCDF4 to a temporary file in the same folder, then rename: never a partial file."""
+def atomic_write(path: str | os.PathLike, write, suffix: str = ".tmp") -> None:
+    """Call ``write(tmp)`` on a temporary file in the same folder as ``path``, then rename it to ``path``: never a
+    partial file. ``suffix`` ends the temporary name, for writers that go by it (``.png``)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
+        write(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
@@ -145,6 +146,11 @@ def write_atomic(ds: xr.Dataset, path: str | os.PathLike) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(ds: xr.Dataset, path: str | os.PathLike) -> None:
+    """Write netCDF4 atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4"))
 
 
 def open_cube(path: str | os.PathLike) -> xr.Dataset:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from .cube import atomic_write
 from .interfaces import Data, Dataset
 
 VERSION = 1
@@ -65,11 +65,13 @@ def load(dataset: Dataset, P: int, n_validation: int = 0) -> Data:
     data = _compute(dataset, P, n_validation)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-        with os.fdopen(fd, "wb") as fh:
-            arrays = {k: getattr(data, k) for k in FIELDS if getattr(data, k) is not None}
-            np.savez(fh, **arrays, attrs=np.array(json.dumps(dict(data.attrs), default=str)))
-        os.replace(tmp, path)
+        arrays = {k: getattr(data, k) for k in FIELDS if getattr(data, k) is not None}
+
+        def write(tmp):
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays, attrs=np.array(json.dumps(dict(data.attrs), default=str)))
+
+        atomic_write(path, write, suffix=".npz")
     except OSError:
         pass  # a read-only or full cache folder must not stop a run
     return data

@@ -19,11 +19,11 @@ import attrs
 import numpy as np
 import xarray as xr
 
-from .cube import check_writable, combine, open_cube, write_atomic
+from .cube import combine, open_cube, write_atomic
 from .errors import DlphaseError, SpecError
 from .run import groups
 from .specs import GRID_DIMS, Grid, Spec
-from .sweep import _progress, run_batches, runs_dir_for
+from .sweep import _progress, prepare_runs, run_batches, run_path
 
 #: how the seeds at one width ended
 JAMMED, CONVERGED, MIXED, FAILED = "jammed", "converged", "mixed", "failed"
@@ -123,13 +123,19 @@ def with_spectrum(spec: Spec) -> Spec:
     return Spec.from_dict(raw)
 
 
+def budget_of(dynamics) -> dict:
+    """The dynamics' budget parameters (those of BUDGET_FIELDS it has) and their values."""
+    fields = attrs.fields_dict(type(dynamics))
+    return {k: getattr(dynamics, k) for k in BUDGET_FIELDS if k in fields}
+
+
 def check_spec(spec: Spec) -> None:
     """The line needs N_Delta (the errors observable), and a budget chosen on purpose: the line moves with it, and
     a jammed run under the default budget trains for hours."""
     if not any(o.name == "errors" for o in spec.observables):
         raise SpecError("dlphase jamming needs N_Delta: add 'errors' to observables.names")
     fields = attrs.fields_dict(type(spec.dynamics))
-    budget = {k: getattr(spec.dynamics, k) for k in BUDGET_FIELDS if k in fields}
+    budget = budget_of(spec.dynamics)
     if budget and all(v == fields[k].default for k, v in budget.items()):
         raise SpecError(f"dlphase jamming needs a training budget chosen for it (the line moves with it): set one of "
                         f"dynamics.{', dynamics.'.join(budget)} in the spec")
@@ -144,8 +150,6 @@ def find_jamming_line(spec: Spec, out: str | os.PathLike, *, h_max: int | None =
     ``h_max`` bounds the widths (default 8 times the largest of the grid); ``resolution`` is the relative gap
     at which bisection stops (0: down to consecutive integers); with ``spectrum`` the hessian_spectrum
     observable is added, so that the spectrum at h* is stored."""
-    if workers < 1:
-        raise DlphaseError(f"workers = {workers} must be at least 1")
     if resolution < 0 or not math.isfinite(resolution):
         raise DlphaseError(f"resolution = {resolution} must be >= 0 (0 bisects down to consecutive widths)")
     check_spec(spec)
@@ -154,12 +158,7 @@ def find_jamming_line(spec: Spec, out: str | os.PathLike, *, h_max: int | None =
     h_max = h_max or 8 * max(spec.grid.h)
     if h_max < max(spec.grid.h):
         raise DlphaseError(f"h_max = {h_max} is below the grid's largest width {max(spec.grid.h)}; raise --h-max")
-    out = check_writable(out, "line")
-    runs_dir = runs_dir_for(out)
-    if runs_dir.exists() and not runs_dir.is_dir():
-        raise DlphaseError(f"{str(runs_dir)!r} exists and is not a folder; move it away, it is where runs are kept")
-    runs_dir.mkdir(exist_ok=True)
-    (runs_dir / "spec.toml").write_text(spec.to_toml())
+    out, runs_dir = prepare_runs(spec, out, workers, "line")
 
     keys = [(a, P) for a in spec.grid.alpha_tilde for P in spec.grid.P]
     seeds = list(spec.grid.seed)
@@ -190,10 +189,8 @@ def find_jamming_line(spec: Spec, out: str | os.PathLike, *, h_max: int | None =
 
 def _train(spec: Spec, points: list[dict], runs_dir: Path, records: dict, workers: int, executor, bar) -> None:
     """Load the points already saved, train the rest (batched by width), and put every record in ``records``."""
-    def path(p):
-        return runs_dir / f"{spec.run_id(p)}.nc"
-
-    todo = [p for p in points if tuple(p[k] for k in GRID_DIMS) not in records and not path(p).exists()]
+    todo = [p for p in points if tuple(p[k] for k in GRID_DIMS) not in records
+            and not run_path(runs_dir, spec, p).exists()]
     if todo:
         bar.total = (bar.total or 0) + len(todo)
         batches = sorted(groups(spec, todo), key=lambda b: -b[0]["h"])
@@ -201,7 +198,7 @@ def _train(spec: Spec, points: list[dict], runs_dir: Path, records: dict, worker
     for p in points:
         key = tuple(p[k] for k in GRID_DIMS)
         if key not in records:
-            records[key] = open_cube(path(p))
+            records[key] = open_cube(run_path(runs_dir, spec, p))
 
 
 def _is_spectrum(name: str) -> bool:
@@ -258,9 +255,16 @@ def line_dataset(spec: Spec, records: Mapping[tuple, xr.Dataset], found: Mapping
         line = line.merge(spectra[names])
     line = xr.merge([scan, line], combine_attrs="override")
     line = line.assign_coords(seed=list(seeds))
-    budget = {k: getattr(spec.dynamics, k) for k in BUDGET_FIELDS if hasattr(spec.dynamics, k)}
     line.attrs.update({"title": "dlphase jamming line", "h_max": h_max, "resolution": resolution,
-                       **{f"budget_{k}": float(v) for k, v in budget.items()}})
+                       **{f"budget_{k}": float(v) for k, v in budget_of(spec.dynamics).items()}})
+    return line
+
+
+def open_line(path: str | os.PathLike) -> xr.Dataset:
+    """A file written by dlphase jamming; an error naming it when it holds no line."""
+    line = open_cube(path)
+    if "h_star" not in line:
+        raise DlphaseError(f"{str(path)!r} has no jamming line (h_star); give the LINE.nc written by dlphase jamming")
     return line
 
 

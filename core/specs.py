@@ -48,6 +48,12 @@ def non_negative(instance, attribute, value):
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
+def probability(instance, attribute, value):
+    """attrs validator: 0 < value < 1 (a confidence level, say)."""
+    if not 0 < value < 1:
+        raise ValueError(f"{attribute.name} = {value} must be between 0 and 1")
+
+
 # -- grid and run sections -------------------------------------------------------------------------
 def _grid_values(check, what):
     def validator(instance, attribute, values):

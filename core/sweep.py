@@ -56,26 +56,34 @@ def runs_dir_for(out: str | os.PathLike) -> Path:
     return out.with_name(out.stem + ".runs")
 
 
+def prepare_runs(spec: Spec, out: str | os.PathLike, workers: int, what: str = "cube") -> tuple[Path, Path]:
+    """Check ``workers`` and the output path, create the runs folder beside it and write the spec there;
+    returns (out, runs folder)."""
+    if workers < 1:
+        raise DlphaseError(f"workers = {workers} must be at least 1")
+    out = check_writable(out, what)
+    runs_dir = runs_dir_for(out)
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise DlphaseError(f"{str(runs_dir)!r} exists and is not a folder; move it away, it is where runs are kept")
+    runs_dir.mkdir(exist_ok=True)
+    (runs_dir / "spec.toml").write_text(spec.to_toml())
+    return out, runs_dir
+
+
+def run_path(runs_dir: Path, spec: Spec, point: Mapping[str, Any]) -> Path:
+    """The file of one finished run: ``<runs folder>/<run_id>.nc``."""
+    return runs_dir / f"{spec.run_id(point)}.nc"
+
+
 def sweep(spec: Spec, out: str | os.PathLike, *, workers: int = 1, executor: cf.Executor | None = None,
           retry_failed: bool = False, progress: bool = True,
           on_run: Callable[[Mapping[str, Any], xr.Dataset], None] | None = None) -> xr.Dataset:
     """Run every point of ``spec.grid`` not already finished, then write and return the cube at ``out``."""
-    if workers < 1:
-        raise DlphaseError(f"workers = {workers} must be at least 1")
-    out = check_writable(out, "cube")
-    runs_dir = runs_dir_for(out)
-    if runs_dir.exists() and not runs_dir.is_dir():
-        raise DlphaseError(f"{str(runs_dir)!r} exists and is not a folder; move it away, it is where runs are kept")
+    out, runs_dir = prepare_runs(spec, out, workers)
     points = spec.grid.points()
-    ids = [spec.run_id(p) for p in points]
-    runs_dir.mkdir(exist_ok=True)
-    (runs_dir / "spec.toml").write_text(spec.to_toml())
-
-    def path_of(run_id: str) -> Path:
-        return runs_dir / f"{run_id}.nc"
 
     def finished(point) -> bool:
-        path = path_of(spec.run_id(point))
+        path = run_path(runs_dir, spec, point)
         return path.exists() and not (retry_failed and open_cube(path)["status"].item() == "failed")
 
     # Batches are formed from the whole grid, never from what is left, so that a resumed sweep trains
@@ -88,11 +96,11 @@ def sweep(spec: Spec, out: str | os.PathLike, *, workers: int = 1, executor: cf.
     bar = _progress(total=len(points), initial=len(points) - n_todo, enabled=progress)
     try:
         run_batches(spec, batches, runs_dir, workers=workers, executor=executor, bar=bar, on_run=on_run,
-                    all_ids=ids)
+                    all_points=points)
     finally:
         bar.close()
 
-    cube = combine((open_cube(path_of(i)) for i in ids), spec)
+    cube = combine((open_cube(run_path(runs_dir, spec, p)) for p in points), spec)
     write_atomic(cube, out)
     return cube
 
@@ -100,14 +108,14 @@ def sweep(spec: Spec, out: str | os.PathLike, *, workers: int = 1, executor: cf.
 def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Path, *, workers: int = 1,
                 executor: cf.Executor | None = None, bar=None,
                 on_run: Callable[[Mapping[str, Any], xr.Dataset], None] | None = None,
-                all_ids: list[str] | None = None) -> None:
+                all_points: list[Mapping[str, Any]] | None = None) -> None:
     """Train ``batches`` (lists of points that share h and P) on ``executor`` and write each finished run to
     ``runs_dir/<run_id>.nc`` as soon as its batch ends. A worker that dies, or Ctrl-C, leaves every finished run
-    saved and says how many of ``all_ids`` (default: the batches' runs) are saved and how to resume."""
-    all_ids = all_ids or [spec.run_id(p) for b in batches for p in b]
+    saved and says how many of ``all_points`` (default: the batches' points) are saved and how to resume."""
+    all_points = all_points or [p for b in batches for p in b]
 
     def saved() -> str:
-        return f"{sum((runs_dir / f'{i}.nc').exists() for i in all_ids)} of {len(all_ids)}"
+        return f"{sum(run_path(runs_dir, spec, p).exists() for p in all_points)} of {len(all_points)}"
 
     own_executor = executor is None
     if own_executor:
@@ -132,7 +140,7 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
                 except Exception as exc:  # the executor itself failed these runs (e.g. pickling): record it
                     records = [failed_point(spec, p, f"{type(exc).__name__}: {exc}") for p in batch]
                 for point, ds in zip(batch, records):
-                    write_atomic(ds, runs_dir / f"{spec.run_id(point)}.nc")
+                    write_atomic(ds, run_path(runs_dir, spec, point))
                     if bar is not None:
                         bar.set_postfix_str(f"last: h={point['h']} at={point['alpha_tilde']:g} {ds['status'].item()}")
                         bar.update(1)

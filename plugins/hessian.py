@@ -110,11 +110,11 @@ def _active_terms(model, x: torch.Tensor, y: torch.Tensor, energy: str, loss) ->
 
 
 def hessian_parts(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadratic_hinge",
-                  loss=None) -> dict[str, torch.Tensor]:
+                  loss=None, terms: dict | None = None) -> dict[str, torch.Tensor]:
     """H0, Hp and H = H0 + Hp of the energy at the model's current parameters, with J (the per-sample gradients of
     f~ on the points where l'' or l' is non-zero) and the margins. ``energy``: "quadratic_hinge" (U, summed) or
-    "loss" (the mean of ``loss``)."""
-    terms = _active_terms(model, x, y, energy, loss)
+    "loss" (the mean of ``loss``). ``terms``: :func:`_active_terms` of the same arguments, if already computed."""
+    terms = terms or _active_terms(model, x, y, energy, loss)
     theta, f, idx, a = terms["theta"], terms["f"], terms["idx"], terms["a"]
     j = per_sample_gradients(f, theta, x[idx])
     h0 = (j.T * a) @ j
@@ -123,14 +123,16 @@ def hessian_parts(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadra
     return {"H0": h0, "Hp": hp, "H": h0 + hp, "J": j, "margins": terms["margins"], "gn_weights": a}
 
 
-def operators(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadratic_hinge", loss=None):
+def operators(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadratic_hinge", loss=None,
+              terms: dict | None = None):
     """Matrix-free H0, Hp and H of the energy (see :func:`hessian_parts`) as functions v -> M v on flat tensors:
     H0 v = alpha^2 w J^T (l'' (J v)) by a forward-mode and a reverse-mode product, Hp v and H v by double-backward
     Hessian-vector products (of sum_mu c_mu f~_mu and of the energy restricted to the points where l' or l'' is
-    non-zero); nothing of size N x N or N_Delta x N is formed. Returns ({"H0", "Hp", "H"}, theta)."""
+    non-zero); nothing of size N x N or N_Delta x N is formed. Returns ({"H0", "Hp", "H"}, theta). ``terms``: as
+    for :func:`hessian_parts`."""
     from torch.func import jvp, vjp
 
-    terms = _active_terms(model, x, y, energy, loss)
+    terms = terms or _active_terms(model, x, y, energy, loss)
     theta, f, idx, a, c = terms["theta"], terms["f"], terms["idx"], terms["a"], terms["c"]
     xs, alpha, w, l_fn, f0 = x[idx], model.alpha, terms["w"], terms["l"], terms["f0"]
 
@@ -297,21 +299,21 @@ class HessianSpectrum(Observable):
                     p.copy_(p0)
             states.append(("_init", init))
         for suffix, model in states:
-            if len(_active_terms(model, x, y, self.energy, run.loss)["idx"]) == 0:
-                values = self.zero(model, x, y)
+            terms = _active_terms(model, x, y, self.energy, run.loss)
+            if len(terms["idx"]) == 0:
+                values = self.zero(model, terms)
             elif model.n_params() <= self.max_dense:
-                values = self.dense(model, x, y, run.loss)
+                values = self.dense(model, x, y, run.loss, terms)
             else:
-                values = self.lanczos(model, x, y, run.loss)
+                values = self.lanczos(model, x, y, run.loss, terms)
             out.update({f"hess_{key}{suffix}": v for key, v in values.items()})
         return out
 
-    def zero(self, model, x, y) -> dict:
+    def zero(self, model, terms) -> dict:
         """Where no point has l' or l'' non-zero (a converged run, for U) H = H0 = Hp = 0: the values without
         forming anything (a converged wide net of a jamming scan would otherwise cost a full eigensolve)."""
         n = model.n_params()
-        with torch.no_grad():
-            n_delta = int((y * model(x) < 1).sum())
+        n_delta = int((terms["margins"] < 1).sum())
         if n <= self.max_dense:
             zeros = torch.zeros(n, dtype=torch.float64).numpy()
             return {"eig_h": zeros, "eig_h0": zeros, "eig_hp": zeros, "n_minus": 0, "rank_h0": 0, "n_zero": n,
@@ -325,18 +327,17 @@ class HessianSpectrum(Observable):
             out[f"slq_weights_{name}"] = weights.numpy()
         return out
 
-    def dense(self, model, x, y, loss) -> dict:
-        spec = spectra(hessian_parts(model, x, y, self.energy, loss), self.zero_tol)
+    def dense(self, model, x, y, loss, terms=None) -> dict:
+        spec = spectra(hessian_parts(model, x, y, self.energy, loss, terms), self.zero_tol)
         out = {f"eig_{key.lower()}": spec[key].double().cpu().numpy() for key in ("H", "H0", "Hp")}
         out.update({key: spec[key] for key in ("n_minus", "rank_h0", "n_zero", "n_delta")})
         return out
 
-    def lanczos(self, model, x, y, loss) -> dict:
-        ops, theta = operators(model, x, y, self.energy, loss)
+    def lanczos(self, model, x, y, loss, terms=None) -> dict:
+        terms = terms or _active_terms(model, x, y, self.energy, loss)
+        ops, theta = operators(model, x, y, self.energy, loss, terms)
         n = len(theta)
-        with torch.no_grad():
-            margins = y * model(x)
-        out = {"n_delta": int((margins < 1).sum())}
+        out = {"n_delta": int((terms["margins"] < 1).sum())}
         for key, op in ops.items():
             name = key.lower()
             out[f"top_{name}"] = extreme_eigenvalues(op, n, self.k, "LA", theta).numpy()
