@@ -48,6 +48,24 @@ DERIVATIVES = {
     "tanh": tanh_grad,
 }
 
+def swish_second(z: torch.Tensor) -> torch.Tensor:
+    """d^2 swish / dz^2 = C 10 s (1 - s) (2 + 10 z (1 - 2 s)) with s = sigmoid(10 z)."""
+    s = torch.sigmoid(SWISH_BETA * z)
+    return SWISH_SCALE * SWISH_BETA * s * (1 - s) * (2 + SWISH_BETA * z * (1 - 2 * s))
+
+
+def tanh_second(z: torch.Tensor) -> torch.Tensor:
+    t = torch.tanh(z)
+    return -2 * t * (1 - t ** 2)
+
+
+#: sigma'' in closed form, for the fc net's closed-form Hessian (fc_hessian.py); relu's is 0 (almost everywhere).
+SECOND_DERIVATIVES = {
+    "swish": swish_second,
+    "relu": torch.zeros_like,
+    "tanh": tanh_second,
+}
+
 #: The batched kernels' fused forms: sigma(a) = c_out act(c_in a), where act and its backward are one
 #: fused torch op each; c_in and c_out fold into the weights' scales. (act, act_backward(grad, u, act(u)),
 #: c_in, c_out). Checked against ACTIVATIONS and DERIVATIVES in the tests.

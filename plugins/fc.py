@@ -162,6 +162,13 @@ class FCNet(torch.nn.Module):
         return fc_kernels(x1, x2, depth=len(self.weights) - 1, activation=self.activation,
                           bias=self.biases is not None, quadrature=quadrature)
 
+    def curvature(self, x: torch.Tensor):
+        """The closed-form per-sample gradients, Hessians and Hessian-vector products on x (fc_hessian.py), which
+        the Hessian observable uses instead of its generic autograd path."""
+        from .fc_hessian import FCCurvature
+
+        return FCCurvature(self, x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = x.flatten(1)
         last = len(self.weights) - 1

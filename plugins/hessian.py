@@ -7,7 +7,8 @@ split as H = H0 + Hp (SCIENCE.md section 4):
 For the quadratic-hinge energy U = sum_{Delta > 0} Delta^2 / 2 (w = 1, l(m) = max(0, 1 - m)^2 / 2) these are
 H0 = sum_{Delta>0} grad Delta grad Delta^T, of rank <= N_Delta, and Hp = sum_{Delta>0} Delta Hess Delta. For the
 run's training loss L = mean_mu l(m_mu), w = 1 / P. H0 comes from the per-sample gradients (J, N_Delta x N),
-Hp from Hessian-vector products of sum_mu c_mu f~_mu, all through torch.func, so any architecture works.
+Hp from Hessian-vector products of sum_mu c_mu f~_mu, all through torch.func, so any architecture works; a net
+with a ``curvature(x)`` method (the fc net: fc_hessian.py) gives J, the dense Hp and the products in closed form.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch
 import dlphase
 from dlphase import Observable, Variable, param
 from dlphase.specs import positive
+
+from .fc_hessian import symmetrize_
 
 
 def flat_parameters(net: torch.nn.Module):
@@ -66,7 +69,7 @@ def hessian_of_sum(f, theta: torch.Tensor, x: torch.Tensor, c: torch.Tensor) -> 
         for i in range(n):
             (row,) = torch.autograd.grad(g[i], t, retain_graph=i < n - 1, allow_unused=True)
             out[i] = 0 if row is None else row
-    return (out + out.T) / 2
+    return symmetrize_(out)
 
 
 def loss_derivatives(loss, margins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,10 +119,19 @@ def hessian_parts(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadra
     "loss" (the mean of ``loss``). ``terms``: :func:`_active_terms` of the same arguments, if already computed."""
     terms = terms or _active_terms(model, x, y, energy, loss)
     theta, f, idx, a = terms["theta"], terms["f"], terms["idx"], terms["a"]
-    j = per_sample_gradients(f, theta, x[idx])
-    h0 = (j.T * a) @ j
-    h0 = (h0 + h0.T) / 2
-    hp = hessian_of_sum(f, theta, x[idx], terms["c"]) if len(idx) else torch.zeros_like(h0)
+    structured = getattr(model.net, "curvature", None)
+    if structured is not None:
+        closed = structured(x[idx])
+        j = closed.jacobian()
+    else:
+        j = per_sample_gradients(f, theta, x[idx])
+    h0 = symmetrize_((j.T * a) @ j)
+    if not len(idx):
+        hp = torch.zeros_like(h0)
+    elif structured is not None:
+        hp = closed.hessian_of_sum(terms["c"])
+    else:
+        hp = hessian_of_sum(f, theta, x[idx], terms["c"])
     return {"H0": h0, "Hp": hp, "H": h0 + hp, "J": j, "margins": terms["margins"], "gn_weights": a}
 
 
@@ -128,12 +140,17 @@ def operators(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadratic_
     """Matrix-free H0, Hp and H of the energy (see :func:`hessian_parts`) as functions v -> M v on flat tensors:
     H0 v = alpha^2 w J^T (l'' (J v)) by a forward-mode and a reverse-mode product, Hp v and H v by double-backward
     Hessian-vector products (of sum_mu c_mu f~_mu and of the energy restricted to the points where l' or l'' is
-    non-zero); nothing of size N x N or N_Delta x N is formed. Returns ({"H0", "Hp", "H"}, theta). ``terms``: as
-    for :func:`hessian_parts`."""
+    non-zero); nothing of size N x N or N_Delta x N is formed. A net with ``curvature(x)`` gives all three in
+    closed form instead (fc_hessian.py). Returns ({"H0", "Hp", "H"}, theta). ``terms``: as for
+    :func:`hessian_parts`."""
     from torch.func import jvp, vjp
 
     terms = terms or _active_terms(model, x, y, energy, loss)
     theta, f, idx, a, c = terms["theta"], terms["f"], terms["idx"], terms["a"], terms["c"]
+    structured = getattr(model.net, "curvature", None)
+    if structured is not None:
+        closed = structured(x[idx])
+        return {"H0": closed.products(a, 0), "Hp": closed.products(0, c), "H": closed.products(a, c)}, theta
     xs, alpha, w, l_fn, f0 = x[idx], model.alpha, terms["w"], terms["l"], terms["f0"]
 
     def f_sel(t):
@@ -169,6 +186,7 @@ def extreme_eigenvalues(matvec, n: int, k: int, which: str, like: torch.Tensor, 
     (scipy's eigsh on a LinearOperator), increasing."""
     import numpy as np
     from scipy.sparse.linalg import LinearOperator, eigsh
+    from threadpoolctl import threadpool_limits
 
     def mv(v):
         t = torch.as_tensor(np.asarray(v).reshape(-1), dtype=like.dtype, device=like.device)
@@ -176,8 +194,11 @@ def extreme_eigenvalues(matvec, n: int, k: int, which: str, like: torch.Tensor, 
             return matvec(t).double().cpu().numpy()
 
     op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
-    vals = eigsh(op, k=min(k, n - 1), which=which, tol=tol, return_eigenvectors=False,
-                 v0=np.random.default_rng(0).standard_normal(n))
+    # ARPACK's own BLAS calls are small: on one thread, its idle threads do not compete with torch's products
+    # (2 cores: 2.4 s -> 1.2 s for the benchmark's top-20)
+    with threadpool_limits(1, user_api="blas"):
+        vals = eigsh(op, k=min(k, n - 1), which=which, tol=tol, return_eigenvectors=False,
+                     v0=np.random.default_rng(0).standard_normal(n))
     return torch.as_tensor(np.sort(vals))
 
 
@@ -185,37 +206,46 @@ def lanczos_quadrature(matvec, n: int, steps: int, probes: int, like: torch.Tens
     """Stochastic Lanczos quadrature: for each Rademacher probe v, ``steps`` Lanczos steps (full
     reorthogonalisation) give nodes theta_k (eigenvalues of the tridiagonal matrix) and weights tau_k (squared
     first components of its eigenvectors), so that the spectral density is about (1/probes) sum tau_k
-    delta(lambda - theta_k). Returns (nodes, weights), each (probes, steps)."""
+    delta(lambda - theta_k). The probes advance together: one block product per step where ``matvec`` takes
+    blocks (its ``blocks`` attribute), else one product per probe. Returns (nodes, weights), each (probes, steps)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     m = min(steps, n)
+    probe = [(torch.randint(0, 2, (n,), generator=gen) * 2 - 1).to(like.dtype) / math.sqrt(n) for _ in range(probes)]
+    basis = like.new_zeros(probes, m, n)
+    basis[:, 0] = torch.stack(probe).to(like.device)
+    alphas = torch.zeros(probes, m, dtype=torch.float64)
+    betas = torch.zeros(probes, m, dtype=torch.float64)
+    length = torch.full((probes,), m)                  # a probe whose Krylov space closes early stops there
+    blocks = getattr(matvec, "blocks", False)
+    for j in range(m):
+        live = [p for p in range(probes) if length[p] > j]
+        if not live:
+            break
+        if len(live) == probes:
+            live = slice(None)                         # views, not copies, while every probe runs
+        v = basis[live, j]
+        with torch.no_grad():
+            w = matvec(v) if blocks else torch.stack([matvec(row) for row in v])
+        q = basis[live, :j + 1]
+        alpha = (w * v).sum(-1)
+        w = w - alpha[:, None] * v - (betas[live, j - 1].to(w)[:, None] * basis[live, j - 1] if j else 0)
+        for _ in range(2):                             # full reorthogonalisation, twice is enough
+            w = w - ((q @ w[:, :, None]).mT @ q)[:, 0]
+        beta = torch.linalg.norm(w, dim=-1)
+        for row, p in enumerate(range(probes) if live == slice(None) else live):
+            alphas[p, j] = float(alpha[row])
+            if j == m - 1 or float(beta[row]) < 1e-12 * max(1.0, abs(float(alpha[row]))):
+                length[p] = j + 1
+            else:
+                betas[p, j] = float(beta[row])
+                basis[p, j + 1] = w[row] / beta[row]
     nodes = torch.zeros(probes, m, dtype=torch.float64)
     weights = torch.zeros(probes, m, dtype=torch.float64)
     for p in range(probes):
-        v = (torch.randint(0, 2, (n,), generator=gen) * 2 - 1).to(like.dtype).to(like.device) / math.sqrt(n)
-        basis = [v]
-        alphas, betas = [], []
-        w = None
-        for j in range(m):
-            with torch.no_grad():
-                w = matvec(basis[-1])
-            alpha_j = torch.dot(w, basis[-1])
-            w = w - alpha_j * basis[-1] - (betas[-1] * basis[-2] if betas else 0)
-            q = torch.stack(basis)
-            w = w - q.T @ (q @ w)                    # full reorthogonalisation, twice is enough
-            w = w - q.T @ (q @ w)
-            alphas.append(alpha_j)
-            beta = torch.linalg.norm(w)
-            if j == m - 1 or float(beta) < 1e-12 * max(1.0, float(abs(alpha_j))):
-                break
-            betas.append(beta)
-            basis.append(w / beta)
-        k = len(alphas)
-        t = torch.diag(torch.stack(alphas).double())
-        if k > 1:
-            off = torch.stack(betas[:k - 1]).double()
-            t = t + torch.diag(off, 1) + torch.diag(off, -1)
+        k = int(length[p])
+        t = torch.diag(alphas[p, :k]) + torch.diag(betas[p, :k - 1], 1) + torch.diag(betas[p, :k - 1], -1)
         theta, vecs = torch.linalg.eigh(t)
-        nodes[p, :k], weights[p, :k] = theta.cpu(), (vecs[0] ** 2).cpu()
+        nodes[p, :k], weights[p, :k] = theta, vecs[0] ** 2
     return nodes, weights
 
 

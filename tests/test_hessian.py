@@ -101,12 +101,15 @@ def test_hessian_spectrum_observable_in_a_sweep(tmp_path):
         assert int(point["hess_rank_h0"]) <= int(point["hess_n_delta"])
 
 
-def test_matrix_free_operators_lanczos_and_quadrature():
-    """The matrix-free products equal the dense matrices; ARPACK's extreme eigenvalues equal eigvalsh's; each SLQ
-    probe's quadrature reproduces v^T M v and v^T M^2 v of its own probe vector exactly (Lanczos moments)."""
+@pytest.mark.parametrize("arch", [FC(depth=2, activation="swish"), MeanField(activation="swish")],
+                         ids=["fc-closed-form", "mean-field-generic"])
+def test_matrix_free_operators_lanczos_and_quadrature(arch):
+    """The matrix-free products (the fc net's closed form, and the generic autograd ones) equal the dense matrices;
+    ARPACK's extreme eigenvalues equal eigvalsh's; each SLQ probe's quadrature reproduces v^T M v and v^T M^2 v of
+    its own probe vector exactly (Lanczos moments)."""
     import math
 
-    model, x, y = _problem(FC(depth=2, activation="swish"), h=7)
+    model, x, y = _problem(arch, h=7)
     parts = hs.hessian_parts(model, x, y)
     ops, theta = hs.operators(model, x, y)
     n = len(theta)
@@ -209,3 +212,51 @@ def test_a_converged_run_has_a_zero_hessian_without_computing_it(monkeypatch):
     sparse = execute(dlphase.specs.build_spec(raw), point)
     np.testing.assert_array_equal(sparse["hess_top_h0"].values, np.zeros(3))
     np.testing.assert_array_equal(sparse["hess_slq_weights_h"].values.sum(axis=1), np.ones(2))
+
+
+@pytest.mark.parametrize("depth,activation,bias", [(1, "relu", True), (2, "relu", False), (2, "swish", True),
+                                                   (3, "tanh", True), (3, "swish", False), (3, "relu", True)])
+def test_fc_closed_form_curvature_equals_torch_func(depth, activation, bias):
+    """fc_hessian's J, dense Hessian of sum c f~ and products (single and blocks of vectors, H0 and Hp alone)
+    against torch.func: every layer pair, with and without sigma'' and biases."""
+    from dlphase.plugins.fc_hessian import FCCurvature
+
+    g = torch.Generator().manual_seed(depth)
+    net = FC(depth=depth, activation=activation, bias=bias).build(5, (4,), g)
+    x = torch.randn(13, 4, dtype=torch.float64, generator=g)
+    c = torch.randn(13, dtype=torch.float64, generator=g)
+    a = torch.rand(13, dtype=torch.float64, generator=g)
+    theta, f = hs.flat_parameters(net)
+    ref_hp = hessian(lambda t: (f(t, x) * c).sum())(theta)
+    ref_j = torch.func.jacrev(lambda t: f(t, x))(theta)
+    closed = FCCurvature(net, x)
+    torch.testing.assert_close(closed.hessian_of_sum(c), ref_hp, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(closed.jacobian(), ref_j, rtol=1e-12, atol=1e-14)
+    ref_h0 = (ref_j.T * a) @ ref_j
+    v = torch.randn(3, len(theta), dtype=torch.float64, generator=g)
+    for (wa, wc), ref in (((a, c), ref_h0 + ref_hp), ((a, 0), ref_h0), ((0, c), ref_hp)):
+        product = closed.products(wa, wc)
+        torch.testing.assert_close(product(v), v @ ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(product(v[0]), ref @ v[0], rtol=1e-10, atol=1e-12)
+
+
+def test_symmetrize_by_tiles():
+    from dlphase.plugins.fc_hessian import symmetrize_
+
+    m = torch.randn(11, 11, dtype=torch.float64)
+    want = (m + m.T) / 2
+    torch.testing.assert_close(symmetrize_(m.clone(), tile=4), want, rtol=0, atol=1e-15)
+
+
+def test_lanczos_quadrature_same_with_blocks_of_probes():
+    """Probes advanced together through a block product give the nodes and weights of one probe at a time."""
+    model, x, y = _problem(FC(depth=2, activation="swish"), h=7)
+    ops, theta = hs.operators(model, x, y)
+    assert getattr(ops["H"], "blocks", False)
+    single = lambda v: ops["H"](v)                     # noqa: E731  (the same product, without its blocks flag)
+    n = len(theta)
+    for steps in (12, n + 5):                          # the second closes its Krylov space early
+        nodes_b, weights_b = hs.lanczos_quadrature(ops["H"], n, steps, 3, theta, seed=2)
+        nodes_s, weights_s = hs.lanczos_quadrature(single, n, steps, 3, theta, seed=2)
+        torch.testing.assert_close(nodes_b, nodes_s, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(weights_b, weights_s, rtol=1e-9, atol=1e-10)

@@ -9,7 +9,7 @@ from scipy.integrate import quad
 from scipy.special import expit
 
 from dlphase import AlphaModel, alpha_of
-from dlphase.plugins.activations import ACTIVATIONS, DERIVATIVES, FUSED, SWISH_SECOND_MOMENT, swish
+from dlphase.plugins.activations import ACTIVATIONS, DERIVATIVES, FUSED, SECOND_DERIVATIVES, SWISH_SECOND_MOMENT, swish
 from dlphase.plugins.fc import FC
 from dlphase.plugins.losses import MSE, CrossEntropy, Hinge, QuadraticHinge, SoftHinge
 
@@ -26,16 +26,21 @@ def test_swish_is_normalised():
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 def test_fused_activation_forms(name):
-    """c_out act(c_in a) = sigma(a), and c_in c_out act'(c_in a) = sigma'(a) = autograd's and DERIVATIVES'."""
+    """c_out act(c_in a) = sigma(a), and c_in c_out act'(c_in a) = sigma'(a) = autograd's and DERIVATIVES';
+    SECOND_DERIVATIVES' sigma'' = autograd's second derivative."""
     act, act_backward, c_in, c_out = FUSED[name]
     a = torch.linspace(-2, 2, 41, dtype=torch.float64)[1::2].requires_grad_(True)  # avoids relu's 0
     sigma = ACTIVATIONS[name](a)
-    (auto,) = torch.autograd.grad(sigma.sum(), a)
+    (auto,) = torch.autograd.grad(sigma.sum(), a, create_graph=True)
+    (second,) = torch.autograd.grad(auto.sum(), a, allow_unused=True)
+    second = torch.zeros_like(a) if second is None else second
+    auto = auto.detach()
     u = c_in * a.detach()
     torch.testing.assert_close(c_out * act(u), sigma.detach(), rtol=1e-14, atol=1e-15)
     fused = c_in * c_out * act_backward(torch.ones_like(u), u, act(u))
     torch.testing.assert_close(fused, auto, rtol=1e-13, atol=1e-15)
     torch.testing.assert_close(DERIVATIVES[name](a.detach()), auto, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(SECOND_DERIVATIVES[name](a.detach()), second.detach(), rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("bias", [False, True])
