@@ -158,7 +158,10 @@ def failed_point(spec: Spec, point: Mapping[str, Any], message: str,
 
 
 def _members_per_batch(h: int, P: int) -> int:
-    """How many members to train together: about 2 GB of activations at most, 64 members at most."""
+    """How many points make one sweep group: the unit that trains as one ensemble and is saved together (so an
+    interrupted sweep loses at most one group). At most 64 points, and fewer for large h P (2^31 / (128 h P),
+    a bound from before the engines split a group into passes; each pass's size now comes from
+    ``ensemble.members_per_pass``)."""
     return int(min(64, max(1, 2 ** 31 // (16 * 8 * max(h, 1) * max(P, 1)))))
 
 

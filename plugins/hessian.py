@@ -229,9 +229,13 @@ def lanczos_quadrature(matvec, n: int, steps: int, probes: int, like: torch.Tens
         q = basis[live, :j + 1]
         alpha = (w * v).sum(-1)
         w = w - alpha[:, None] * v - (betas[live, j - 1].to(w)[:, None] * basis[live, j - 1] if j else 0)
-        for _ in range(2):                             # full reorthogonalisation, twice is enough
+        before = torch.linalg.norm(w, dim=-1)
+        for _ in range(2):        # full reorthogonalisation; a second pass where the first cancelled much (DGKS)
             w = w - ((q @ w[:, :, None]).mT @ q)[:, 0]
-        beta = torch.linalg.norm(w, dim=-1)
+            beta = torch.linalg.norm(w, dim=-1)
+            if bool((beta > 0.7 * before).all()):
+                break
+            before = beta
         for row, p in enumerate(range(probes) if live == slice(None) else live):
             alphas[p, j] = float(alpha[row])
             if j == m - 1 or float(beta[row]) < 1e-12 * max(1.0, abs(float(alpha[row]))):
