@@ -169,7 +169,6 @@ class FCCurvature:
         self.mirror(out)
         return out
 
-
     def products(self, a, c):
         """v -> (J^T diag(a) J + Hess sum_mu c_mu f~_mu) v by Pearlmutter's R-operator on the kept pass: about six
         (P, h) x (h, h) matrix products for the whole net. v is (N,) or a block (B, N) of B vectors, done as one
@@ -231,16 +230,3 @@ def _add_product(t: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
     if t.dim() == 2 and x.dim() == 2 and y.dim() == 2:
         return t.addmm_(x, y)
     return t.add_(x @ y)
-
-
-def symmetrize_(m: torch.Tensor, tile: int = 512) -> torch.Tensor:
-    """m <- (m + m^T) / 2 in place, tile by tile: a whole-matrix transpose of an N = 11300 matrix crosses memory
-    at a stride of N and took 3 s on 2 cores; tiles that fit in cache take a fraction of that."""
-    n = len(m)
-    for i in range(0, n, tile):
-        for j in range(i, n, tile):
-            upper, lower = m[i:i + tile, j:j + tile], m[j:j + tile, i:i + tile]
-            mean = (upper + lower.T) / 2
-            upper.copy_(mean)
-            lower.copy_(mean.T)
-    return m
