@@ -101,6 +101,14 @@ class EnsembleNet:
                         list(params), x1[i:i + chunk], x2[j:j + chunk])
         return out
 
+    def ntk_rows(self, params: Sequence[torch.Tensor], x: torch.Tensor, rows: Sequence[torch.Tensor | None],
+                 ctx: Any = None) -> list[torch.Tensor | None]:
+        """Each member m's kernel rows Theta_m(x[rows[m]], x), (len(rows[m]), n), or None where rows[m] is None:
+        what a sliding-mode step needs on the margins at a kink. Generic: :meth:`ntk` member by member
+        (``ctx`` unused); architectures may reuse the forward pass ``ctx``."""
+        return [None if r is None else self.ntk([p[j:j + 1] for p in params], x[r], x)[0]
+                for j, r in enumerate(rows)]
+
     def slopes(self, ctx: Any) -> list[torch.Tensor] | None:
         """The activation slopes sigma'(a) of a forward pass, each with leading dim M, or None if this
         class cannot give them. :meth:`backward` can take another pass's slopes: the gradient with the

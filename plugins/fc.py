@@ -121,6 +121,34 @@ class FCEnsemble(EnsembleNet):
                 theta.add_(term)
         return theta
 
+    def ntk_rows(self, params, x, rows, ctx=None):
+        """Theta(x[rows_m], x) of each member m, (len(rows_m), n), or None where rows_m is None: the layer-wise
+        sum of :meth:`ntk` on one member's slice at a time, so that a member's rows do not depend on the batch.
+        ``ctx``: a forward pass on x with grad=True, reused."""
+        if ctx is None:
+            _, ctx = self.forward(params, x, grad=True)
+        ws, bs = self.layers(params)
+        deltas = [None] * self.n_layers
+        for i, delta in self._backprop(ws, ctx, torch.ones_like(ctx[1][-1])):
+            deltas[i] = delta
+        acts = [_per_member(a, len(ws[0])) for a in ctx[0]]
+        out = []
+        for j, r in enumerate(rows):
+            if r is None:
+                out.append(None)
+                continue
+            theta = None
+            for i, k in enumerate(self.k):
+                z = acts[i][j] * k
+                term = z[r] @ z.T
+                if bs is not None and i < self.n_layers - 1:
+                    term.add_(self.c_in ** 2)
+                if i < self.n_layers - 1:
+                    term.mul_(deltas[i][j, r] @ deltas[i][j].T)
+                theta = term if theta is None else theta.add_(term)
+            out.append(theta)
+        return out
+
     def slopes(self, ctx):
         """act'(u_i) of every hidden layer, (M, n, h) each (relu: sigma'(a_i))."""
         acts, pre = ctx

@@ -12,7 +12,9 @@ from dlphase.plugins.fc import FC
 from dlphase.plugins.gd import GD, SGD
 from dlphase.plugins.gradient_flow import GradientFlow
 from dlphase.plugins.losses import Hinge, SoftHinge
+from dlphase.plugins import sliding
 from dlphase.plugins.mean_field import MeanField
+from dlphase.plugins.sliding import box_qp
 from dlphase.run import execute, execute_group
 
 ARCHS = [FC(depth=3, activation="swish"), FC(depth=2, activation="relu", bias=True),
@@ -94,15 +96,19 @@ def test_descent_member_in_ensemble_equals_alone(dynamics):
     assert statuses == {"converged", "budget"}  # members leave the batch at different times
 
 
-def test_cnn_member_in_ensemble_equals_alone():
-    """The cnn trains in ensembles through the generic torch.func path, with the same guarantee."""
+@pytest.mark.parametrize("loss", [SoftHinge(), Hinge()], ids=["soft_hinge", "hinge"])
+def test_cnn_member_in_ensemble_equals_alone(loss, monkeypatch):
+    """The cnn trains in ensembles through the generic torch.func path, with the same guarantee (the plain
+    hinge's sliding forces take its kernel rows member by member)."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((36, 1, 8, 8))
     y = np.where(x[:, 0, :4].mean((1, 2)) > x[:, 0, 4:].mean((1, 2)), 1.0, -1.0)
     t = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
     data = TorchData(x_train=t(x[:24]), y_train=t(y[:24]), x_test=t(x[24:]), y_test=t(y[24:]))
     arch = CNN(depth=2, kernel_size=3)
-    flow = GradientFlow(max_steps=300)
+    flow = GradientFlow(loss=loss, max_steps=300)
+    solves = []
+    monkeypatch.setattr(sliding, "box_qp", lambda *a, **k: solves.append(1) or box_qp(*a, **k))
     together = _models(arch, 4, [1.0, 10.0, 100.0], [0, 1, 2], (1, 8, 8))
     res = flow.train_ensemble(together, data)
     for k, (a, s) in enumerate(zip([1.0, 10.0, 100.0], [0, 1, 2])):
@@ -111,6 +117,7 @@ def test_cnn_member_in_ensemble_equals_alone():
         assert (r.steps, r.rejected) == (res[k].steps, res[k].rejected)
         with torch.no_grad():
             torch.testing.assert_close(together[k](data.x_test), alone(data.x_test), rtol=1e-10, atol=1e-12)
+    assert bool(solves) == (loss.kink is not None)  # the hinge's runs did slide
 
 
 def test_sweep_batches_equal_single_runs(tiny_spec):

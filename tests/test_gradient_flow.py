@@ -24,21 +24,42 @@ def data(x, y):
     return TorchData(x_train=x, y_train=y, x_test=x, y_test=y)
 
 
-@pytest.mark.parametrize("rule", ["reference", "robust"])
-def test_hinge_on_one_point_is_exact(rule):
-    """f~ = w x, x = 1, y = 1, hinge: f(t) = t exactly, so the flow stops at the first step with f >= 1."""
+def test_hinge_on_one_point_is_exact():
+    """f~ = w x, x = 1, y = 1, hinge: f(t) = t exactly, so the reference rule stops at the first step with f >= 1."""
     model = AlphaModel(Linear([0.3]), alpha=2.0)
-    res = GradientFlow(loss=Hinge(), rule=rule).train(model, data([[1.0]], [1.0]))
+    res = GradientFlow(loss=Hinge(), rule="reference").train(model, data([[1.0]], [1.0]))
     assert res.status == "converged"
     f = float(model(torch.ones(1, 1, dtype=torch.float64)).detach())
     assert f == pytest.approx(res.t, rel=1e-12)  # f = t along the flow
     assert 1.0 <= f < 1.1
-    if rule == "reference":
-        # dt = 1 moves f by 1 (rejected), dt = 0.1 by 0.1 (rejected: strict <), dt = 0.01 accepted
-        assert res.rejected == 2
-    else:
-        # dt = 1: err = dout / max_dout = 10, rejected; dt = 0.09 accepted, then dt grows by 1.2 per step
-        assert res.rejected == 1 and res.steps < 15
+    # dt = 1 moves f by 1 (rejected), dt = 0.1 by 0.1 (rejected: strict <), dt = 0.01 accepted
+    assert res.rejected == 2
+
+
+def test_hinge_on_one_point_slides_onto_the_kink():
+    """f~ = w x, x = 0.7, y = 1, hinge, robust rule: f grows at x^2 = 0.49 until the sliding band [0.98, 1.02],
+    where the Filippov force relaxes f to 1 + 1e-4 over tau = 2 dt (an Euler step of this linear model then
+    halves the distance exactly). The same flow by hand, step for step."""
+    model = AlphaModel(Linear([0.3]), alpha=2.0)
+    res = GradientFlow(loss=Hinge()).train(model, data([[0.7]], [1.0]))
+    assert res.status == "converged"
+    f = float(model(torch.full((1, 1), 0.7, dtype=torch.float64)).detach())
+    # dgrad = 0 (the model is linear and the coefficients frozen), so err = dout / 0.1 and
+    # dt <- dt clip(0.9 / err, 0.1, 1.2); the speed is 0.49 below the band, min(0.49, (1 + 1e-4 - f) / (2 dt))
+    # inside it, with dt the step that the force is set for
+    f_t, t, dt, steps, rejected, speed = 0.0, 0.0, 1.0, 0, 0, 0.49
+    while f_t < 1:
+        err = dt * speed / 0.1
+        if err <= 1:
+            f_t, t, steps = f_t + dt * speed, t + dt, steps + 1
+        else:
+            rejected += 1
+        dt *= min(max(0.9 / err, 0.1), 1.2)
+        if err <= 1:
+            speed = 0.49 if f_t < 0.98 else min(0.49, max(0.0, (1 + 1e-4 - f_t) / (2 * dt)))
+    assert (res.steps, res.rejected) == (steps, rejected) and steps < 40
+    assert f == pytest.approx(f_t, rel=1e-12) and res.t == pytest.approx(t, rel=1e-12)
+    assert 1.0 <= f < 1 + 1e-4
 
 
 def reference_scheme(w0, x, y, alpha, beta, max_dgrad=1e-4, max_dout=0.1, max_steps=10**6):

@@ -49,3 +49,18 @@ def test_ntk_change_crosses_one_between_lazy_and_feature(tmp_path):
     assert (ratio.diff("alpha_tilde") < 0).all()
     h, a = crossover(pdg, 1.0)
     assert list(h) == [30, 100] and all(1.0 < v < 100.0 for v in a) and max(a) / min(a) < 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("activation, loss, alpha_tilde, max_steps", [
+    ("swish", "hinge", 1e-2, 20000), ("swish", "hinge", 1e3, 3000), ("relu", "soft_hinge", 1e3, 15000)])
+def test_kinks_converge(activation, loss, alpha_tilde, max_steps):
+    """The robust rule through kinks at the reference point: the plain hinge slides on its kink (10348 steps
+    at 1e-2, where the soft hinge takes about 13000), and relu units' kinks do not stall the flow. The
+    reference rule stalls on both (SCIENCE.md section 2)."""
+    spec = dlphase.load_spec(SPEC, [f"grid.alpha_tilde={alpha_tilde}", f"architecture.activation={activation}",
+                                    f"dynamics.loss={loss}", f"dynamics.max_steps={max_steps}",
+                                    "dynamics.max_seconds=1800"])
+    ds = dlphase.Run(spec).train()
+    assert ds["status"].item() == "converged", ds["message"].item()
+    assert int(ds["n_delta"]) == 0 and float(ds["test_error"]) <= 0.15

@@ -1,0 +1,81 @@
+"""The sliding-mode (Filippov) forces at the hinge's kink: the box-constrained QP against scipy's BVLS, the
+kernel rows against the full NTK, and the margins' velocity against the relaxation it is built to give."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import lsq_linear
+
+from dlphase.ensemble import EnsembleNet, ensemble_of
+from dlphase.plugins.batched import loss_coefficients
+from dlphase.plugins.cnn import CNN
+from dlphase.plugins.fc import FC
+from dlphase.plugins.losses import Hinge
+from dlphase.plugins.mean_field import MeanField
+from dlphase.plugins.sliding import box_qp, sliding_coefficients
+
+
+@pytest.mark.parametrize("m,n", [(40, 25), (12, 25)], ids=["full-rank", "rank-deficient"])
+def test_box_qp_matches_bvls(m, n):
+    """min |A w - b|^2 over 0 <= w <= 1 is the QP with Q = A^T A, r = A^T b: same objective as BVLS
+    (and, with a unique minimiser, the same w)."""
+    rng = np.random.default_rng(m)
+    A, b = rng.standard_normal((m, n)) * np.logspace(0, 2, n), 3 * rng.standard_normal(m)
+    ref = lsq_linear(A, b, bounds=(0, 1), method="bvls", tol=1e-14).x
+    Q, r = torch.as_tensor(A.T @ A), torch.as_tensor(A.T @ b)
+    w, iterations = box_qp(Q, r, torch.full((n,), 0.5, dtype=torch.float64))
+    assert iterations < 100 and bool(((w >= 0) & (w <= 1)).all())
+    cost = lambda v: float(np.sum((A @ v - b) ** 2))  # noqa: E731
+    assert cost(w.numpy()) == pytest.approx(cost(ref), rel=1e-9)
+    assert 0 < int(((w > 0) & (w < 1)).sum()) < n   # the box binds somewhere, and not everywhere
+    if m >= n:
+        np.testing.assert_allclose(w.numpy(), ref, atol=1e-8)
+
+
+@pytest.mark.parametrize("arch,shape", [(FC(depth=2, activation="relu", bias=True), (5,)),
+                                        (MeanField(activation="swish"), (5,)),
+                                        (CNN(depth=2, kernel_size=3), (1, 6, 6))], ids=["fc", "mean_field", "cnn"])
+def test_ntk_rows_are_rows_of_the_ntk(arch, shape):
+    nets = [arch.build(6, shape, torch.Generator().manual_seed(s)) for s in range(3)]
+    x = torch.randn(11, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    net = ensemble_of(nets)
+    params = net.stack(nets)
+    full = EnsembleNet(nets).ntk(params, x)
+    rows = [torch.tensor([3, 0, 7]), None, torch.tensor([10])]
+    _, ctx = net.forward(params, x, grad=True)
+    for got in (net.ntk_rows(params, x, rows, ctx), net.ntk_rows(params, x, rows)):
+        assert got[1] is None
+        for j in (0, 2):
+            torch.testing.assert_close(got[j], full[j][rows[j]], rtol=1e-10, atol=1e-12)
+
+
+def test_sliding_forces_give_the_relaxation():
+    """Margins in the band with a weight strictly inside (0, 1) move at exactly -(m - target) / tau, with
+    the NTK of torch.func; those outside keep the hinge's force."""
+    torch.manual_seed(0)
+    P, d = 30, 4
+    nets = [FC(depth=2, activation="swish").build(40, (d,), torch.Generator().manual_seed(s)) for s in range(2)]
+    x = torch.randn(P, d, dtype=torch.float64)
+    y = torch.where(torch.randn(P) > 0, 1.0, -1.0).double()
+    net = ensemble_of(nets)
+    params = net.stack(nets)
+    out, ctx = net.forward(params, x, grad=True)
+    alpha = torch.tensor([0.3, 2.0], dtype=torch.float64)
+    # margins around the kink: scale f~ so that y f spreads over [0.9, 1.1]
+    f0 = out - (0.9 + 0.2 * torch.rand(2, P, dtype=torch.float64)) * y / alpha[:, None]
+    m = y * alpha[:, None] * (out - f0)
+    tau = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    band, target = 0.05, 1.0 + 1e-4
+    start = (m < 1).double()
+    coef, w = sliding_coefficients(net, params, ctx, x, y, m, alpha, Hinge(), band, target, tau, [0, 1], start)
+    plain, _ = loss_coefficients(Hinge(), m, y, alpha)
+    theta = EnsembleNet(nets).ntk(params, x)
+    inside = (m - 1).abs() <= band
+    assert bool(inside.any()) and bool((~inside).any())
+    torch.testing.assert_close(coef[~inside], plain[~inside], rtol=0, atol=0)
+    velocity = -y * alpha[:, None] * torch.einsum("mij,mj->mi", theta, coef)   # dm / dt
+    interior = inside & (w > 1e-9) & (w < 1 - 1e-9)
+    assert int(interior.sum()) >= 2
+    want = -(m - target) / tau[:, None]
+    torch.testing.assert_close(velocity[interior], want[interior], rtol=1e-6, atol=1e-8 * float(want.abs().max()))
+    assert bool(((w >= 0) & (w <= 1)).all())
