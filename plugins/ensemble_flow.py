@@ -12,16 +12,17 @@ Two acceptance rules (SCIENCE.md section 2):
   after a rejection. A kink (plain hinge, relu) makes |g' - g| jump by a finite amount for any dt,
   so dt collapses there.
 - ``robust`` (default): the same two limits, with the gradient change measured as smooth curvature,
-  and a proportional step-size controller. dgrad uses g'_s, the gradient at the trial point with the
-  accepted point's loss coefficients and, for relu nets, its activation slopes; then |g'_s - g| is
-  O(dt) and a kink no longer forces dt to 0. Accept when err = max(sqrt(dgrad_s / max_dgrad),
-  dout / max_dout) <= 1; then dt *= clip(0.9 / err, 1 / shrink, grow_max).
-  A loss with a kink (``Loss.kink``: the plain hinge) also gets sliding-mode forces (sliding.py):
-  margins within ``sliding_band`` of the kink take the Filippov weights that relax them onto
-  1 + ``sliding_offset`` over ``sliding_steps`` steps, so they rest on the kink instead of chattering
-  across it (which held dt near 1e-5 and stalled the plain hinge at alpha_tilde = 1e-2). At h = 100,
-  P = 1000 (swish, MNIST parity): the plain hinge converges in 10348 steps at alpha_tilde = 1e-2 and
-  170 at 1e3 (3437 for the soft hinge there).
+  and a proportional step-size controller. dgrad uses g'_s, the gradient at the trial point with, for
+  relu nets, the accepted point's activation slopes; then |g'_s - g| is O(dt) and a relu kink no
+  longer forces dt to 0. Accept when err = max(sqrt(dgrad_s / max_dgrad), dout / max_dout) <= 1;
+  then dt *= clip(0.9 / err, 1 / shrink, grow_max). The step's loss coefficients c = dObjective/df~:
+  - a loss with a kink (``Loss.kink``: the plain hinge) gets sliding-mode forces (sliding.py): margins
+    within ``sliding_band`` of the kink take the Filippov weights that relax them onto
+    1 + ``sliding_offset`` over ``sliding_steps`` steps, so they rest on the kink instead of chattering
+    across it (which held dt near 1e-5). g'_s keeps these coefficients too.
+  - a curved loss (the soft hinge's l'' = beta / 4 at m = 1) gets linearly implicit ones (implicit.py,
+    ``implicit``): backward Euler on the stiff margin modes, which otherwise hold dt by their
+    coefficient change (relu nets in the feature regime).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from dlphase import TrainResult
 from dlphase.ensemble import stacked
 
 from .batched import feed_checkpoints, loss_coefficients
+from .implicit import curvature_scale, implicit_coefficients
 from .sliding import sliding_coefficients
 from .stopping import common_rules, finish_member, stops, validation_tracker
 
@@ -77,13 +79,25 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
     out, marg, coef, obj, g, ctx = evaluate(params, alpha, f0)
     slopes = net.slopes(ctx) if robust and net.kinked else None
     dt = torch.full((M,), flow.dt, dtype=torch.float64, device=x.device)
-    sliding = robust and kink is not None
-    if sliding:  # Filippov forces on the margins at the kink (sliding.py), relaxing over sliding_steps steps
-        def slide(p, ctx_, m, a, positions, dt_next, w_prev):
-            return sliding_coefficients(net, p, ctx_, x, y, m, a, loss, flow.sliding_band,
-                                        kink + flow.sliding_offset, flow.sliding_steps * dt_next, positions, w_prev)
-        weights = (marg < kink).to(marg.dtype)
-        coef, weights = slide(params, ctx, marg, alpha, list(range(M)), dt, weights)
+    # the robust rule's loss coefficients for a step: Filippov forces at a kink (sliding.py), or linearly
+    # implicit ones on a curved loss (implicit.py); each is held fixed through the trial step
+    scale = curvature_scale(loss, x.dtype, x.device) if robust and kink is None and flow.implicit else 0.0
+    mode = "sliding" if robust and kink is not None else "implicit" if scale > 0 else None
+    weights = (marg < kink).to(marg.dtype) if mode == "sliding" else None
+
+    def step_coefficients(p, ctx_, m, a, positions, dt_next):
+        nonlocal weights
+        if mode == "implicit":
+            return implicit_coefficients(net, p, ctx_, x, y, m, a, loss, scale, dt_next, positions)
+        c, w = sliding_coefficients(net, p, ctx_, x, y, m, a, loss, flow.sliding_band, kink + flow.sliding_offset,
+                                    flow.sliding_steps * dt_next, positions, weights)
+        chosen = torch.zeros(len(m), dtype=torch.bool, device=m.device)
+        chosen[positions] = True
+        weights = torch.where(chosen[:, None], w, weights)
+        return c
+
+    if mode is not None:
+        coef = step_coefficients(params, ctx, marg, alpha, list(range(M)), dt)
         g = net.backward(params, ctx, coef)
     gnorm2 = _sq(g)
     t = torch.zeros(M, dtype=torch.float64, device=x.device)
@@ -125,7 +139,7 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
             params, params0, g = ([v.index_select(0, keep) for v in vs] for vs in (params, params0, g))
             if slopes is not None:
                 slopes = [v.index_select(0, keep) for v in slopes]
-            if sliding:
+            if weights is not None:
                 weights = weights.index_select(0, keep)
             out, marg, coef, obj, gnorm2, dt, f0, alpha, t, steps, rejected = (
                 v.index_select(0, keep) for v in (out, marg, coef, obj, gnorm2, dt, f0, alpha, t, steps, rejected))
@@ -133,7 +147,7 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
         # one trial step for every member left
         step = dt.to(x.dtype)
         trial = [v - _rows(step, v) * gv for v, gv in zip(params, g)]
-        new_out, new_marg, new_coef, new_obj, new_g, ctx = evaluate(trial, alpha, f0, gradient=not sliding)
+        new_out, new_marg, new_coef, new_obj, new_g, ctx = evaluate(trial, alpha, f0, gradient=mode != "sliding")
         dout = (new_marg - marg).abs().amax(1)  # |f' - f|, as y = +-1
         if not robust:
             new_gnorm2 = _sq(new_g)
@@ -143,14 +157,10 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
             easy = ok & (dgrad < 0.5 * flow.max_dgrad) & (dout < 0.5 * flow.max_dout)
             new_dt = torch.where(easy, dt * flow.grow, torch.where(ok, dt, dt / flow.shrink))
         else:
-            # g_s: the gradient at the trial point with the accepted point's loss coefficients (sliding weights
-            # included) and, for relu, its activation pattern: |g_s - g| is the smooth curvature, O(dt)
-            if sliding:
-                g_s = net.backward(trial, ctx, coef, slopes=slopes)
-            elif slopes is not None:
-                g_s = net.backward(trial, ctx, new_coef, slopes=slopes)
-            else:
-                g_s = new_g
+            # g_s: the gradient at the trial point with the accepted point's loss coefficients (the step's own,
+            # with a coefficient rule) and, for relu, its activation slopes: |g_s - g| is smooth curvature, O(dt)
+            g_s = (new_g if mode != "sliding" and slopes is None else
+                   net.backward(trial, ctx, coef if mode == "sliding" else new_coef, slopes=slopes))
             g_s2 = _sq(g_s)
             dgrad = torch.where(g_s2 > 0, _sq([a - b for a, b in zip(g_s, g)]) / (gnorm2 * g_s2).sqrt(),
                                 torch.zeros_like(gnorm2))
@@ -160,11 +170,17 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
             err = torch.where(torch.isfinite(err), err, torch.full_like(err, math.inf))
             ok = err <= 1
             new_dt = dt * torch.clamp(0.9 / err.clamp_min(1e-12), 1.0 / flow.shrink, flow.grow_max)
-        if sliding:  # the accepted points' Filippov forces, for the step size they will be tried with
+        if mode is not None:  # the accepted points' coefficients, for the step size they will be tried with
             accepted = torch.nonzero(ok).flatten().tolist()
-            new_coef, new_weights = slide(trial, ctx, new_marg, alpha, accepted, new_dt, weights)
-            weights = torch.where(ok[:, None], new_weights, weights)
+            new_coef = step_coefficients(trial, ctx, new_marg, alpha, accepted, new_dt)
             new_g = net.backward(trial, ctx, new_coef) if accepted else g
+            if mode == "implicit" and len(accepted) < len(ok):  # the rejected ones' for their shorter step
+                _, ctx0 = net.forward(params, x, grad=True)
+                again = torch.nonzero(~ok).flatten().tolist()
+                coef = torch.where(ok[:, None], coef, step_coefficients(params, ctx0, marg, alpha, again, new_dt))
+                g0 = net.backward(params, ctx0, coef)
+                g = [torch.where(_rows(ok, v), v, v0) for v, v0 in zip(g, g0)]
+                gnorm2 = torch.where(ok, gnorm2, _sq(g0))
         new_gnorm2 = _sq(new_g)
         t = t + torch.where(ok, dt, torch.zeros_like(dt))
         steps = steps + ok.long()

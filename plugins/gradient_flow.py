@@ -43,6 +43,8 @@ class GradientFlow(Batched):
     shrink: float = param(default=10.0, doc="dt /= shrink after a rejected step", validator=positive)
     grow_max: float = param(default=1.2, doc="robust rule: dt grows by at most this factor per step",
                             validator=positive)
+    implicit: bool = param(default=True, doc="robust rule, curved loss (soft hinge, ...): the loss coefficients of the "
+                                             "stiff margins by linearly implicit Euler")
     sliding_band: float = param(default=0.02, doc="robust rule, plain hinge: margins within this of the kink get "
                                                   "Filippov (sliding-mode) forces", validator=positive)
     sliding_offset: float = param(default=1e-4, doc="robust rule, plain hinge: sliding margins relax to 1 + this",

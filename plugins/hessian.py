@@ -129,6 +129,26 @@ def _active_terms(model, x: torch.Tensor, y: torch.Tensor, energy: str, loss) ->
             "a": alpha ** 2 * w * d2[idx], "c": alpha * w * d1[idx] * y[idx]}
 
 
+def _jacobian(model, x: torch.Tensor, terms: dict):
+    """J, the per-sample gradients of f~ on the active points (closed form where the net has one), and the
+    net's closed-form curvature or None."""
+    idx = terms["idx"]
+    closed = model.net.curvature(x[idx]) if hasattr(model.net, "curvature") else None
+    j = closed.jacobian() if closed is not None else per_sample_gradients(terms["f"], terms["theta"], x[idx])
+    return j, closed
+
+
+def h0_eigenvalues(j: torch.Tensor, a: torch.Tensor, n: int) -> torch.Tensor | None:
+    """All n eigenvalues of H0 = J^T diag(a) J (increasing) from the small matrix (sqrt(a) J)(sqrt(a) J)^T and
+    n - rank zeros, exact where Lanczos cannot be (a zero eigenvalue of multiplicity n - N_Delta); None
+    unless every a >= 0."""
+    if not bool((a >= 0).all()):
+        return None
+    js = j * a.sqrt()[:, None]
+    small = torch.linalg.eigvalsh(js @ js.T).clamp_min(0) if len(js) else js.new_zeros(0)
+    return torch.cat([small.new_zeros(n - len(small)), small]) if len(small) <= n else small[-n:]
+
+
 def hessian_parts(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadratic_hinge",
                   loss=None, terms: dict | None = None) -> dict[str, torch.Tensor]:
     """H0, Hp and H = H0 + Hp of the energy at the model's current parameters, with J (the per-sample gradients of
@@ -136,8 +156,7 @@ def hessian_parts(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadra
     "loss" (the mean of ``loss``). ``terms``: :func:`_active_terms` of the same arguments, if already computed."""
     terms = terms or _active_terms(model, x, y, energy, loss)
     theta, f, idx, a = terms["theta"], terms["f"], terms["idx"], terms["a"]
-    closed = model.net.curvature(x[idx]) if hasattr(model.net, "curvature") else None
-    j = closed.jacobian() if closed is not None else per_sample_gradients(f, theta, x[idx])
+    j, closed = _jacobian(model, x, terms)
     h0 = symmetrize_((j.T * a) @ j)
     if not len(idx):
         hp = torch.zeros_like(h0)
@@ -280,12 +299,8 @@ def spectra(parts: dict[str, torch.Tensor], zero_tol: float) -> dict[str, object
     n = parts["H"].shape[0]
     eig_h = torch.linalg.eigvalsh(parts["H"])
     eig_hp = torch.linalg.eigvalsh(parts["Hp"])
-    a = parts["gn_weights"]
-    if bool((a >= 0).all()):
-        js = parts["J"] * a.sqrt()[:, None]
-        small = torch.linalg.eigvalsh(js @ js.T).clamp_min(0) if len(js) else js.new_zeros(0)
-        eig_h0 = torch.cat([small.new_zeros(n - len(small)), small]) if len(small) <= n else small[-n:]
-    else:
+    eig_h0 = h0_eigenvalues(parts["J"], parts["gn_weights"], n)
+    if eig_h0 is None:
         eig_h0 = torch.linalg.eigvalsh(parts["H0"])
     scale = float(eig_h.abs().max()) if n else 0.0
     tol = zero_tol * max(scale, 1e-300)
@@ -384,10 +399,17 @@ class HessianSpectrum(Observable):
         ops, theta = operators(model, x, y, self.energy, loss, terms)
         n = len(theta)
         out = {"n_delta": int((terms["margins"] < 1).sum())}
+        # H0's extremes exactly from the small matrix: its zero eigenvalue is (N - N_Delta)-fold, which a
+        # single-vector Lanczos cannot resolve
+        eig_h0 = h0_eigenvalues(_jacobian(model, x, terms)[0], terms["a"], n)
         for key, op in ops.items():
             name = key.lower()
-            out[f"top_{name}"] = extreme_eigenvalues(op, n, self.k, "LA", theta).numpy()
-            out[f"bottom_{name}"] = extreme_eigenvalues(op, n, self.k, "SA", theta).numpy()
+            if key == "H0" and eig_h0 is not None:
+                k = min(self.k, n - 1)
+                out["top_h0"], out["bottom_h0"] = eig_h0[-k:].double().cpu().numpy(), eig_h0[:k].double().cpu().numpy()
+            else:
+                out[f"top_{name}"] = extreme_eigenvalues(op, n, self.k, "LA", theta).numpy()
+                out[f"bottom_{name}"] = extreme_eigenvalues(op, n, self.k, "SA", theta).numpy()
             nodes, weights = lanczos_quadrature(op, n, self.slq_steps, self.slq_probes, theta)
             out[f"slq_nodes_{name}"], out[f"slq_weights_{name}"] = nodes.numpy(), weights.numpy()
         return out

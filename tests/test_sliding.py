@@ -1,5 +1,6 @@
-"""The sliding-mode (Filippov) forces at the hinge's kink: the box-constrained QP against scipy's BVLS, the
-kernel rows against the full NTK, and the margins' velocity against the relaxation it is built to give."""
+"""The robust rule's loss coefficients: the sliding-mode (Filippov) forces at the hinge's kink (the box-constrained
+QP against scipy's BVLS, the margins' velocity against the relaxation it is built to give), the linearly implicit
+ones of a curved loss (backward Euler, exact for a linear model), and the kernel rows both use."""
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from dlphase.ensemble import EnsembleNet, ensemble_of
 from dlphase.plugins.batched import loss_coefficients
 from dlphase.plugins.cnn import CNN
 from dlphase.plugins.fc import FC
-from dlphase.plugins.losses import Hinge
+from dlphase.plugins.implicit import curvature_scale, implicit_coefficients, loss_curvature
+from dlphase.plugins.losses import MSE, Hinge
 from dlphase.plugins.mean_field import MeanField
 from dlphase.plugins.sliding import box_qp, sliding_coefficients
 
@@ -79,3 +81,33 @@ def test_sliding_forces_give_the_relaxation():
     want = -(m - target) / tau[:, None]
     torch.testing.assert_close(velocity[interior], want[interior], rtol=1e-6, atol=1e-8 * float(want.abs().max()))
     assert bool(((w >= 0) & (w <= 1)).all())
+
+
+def test_implicit_coefficients_are_backward_euler():
+    """With the MSE loss l' is linear in m, so c~ solves backward Euler's equation c~ = c(m - dt y alpha Theta c~)
+    exactly (Theta from torch.func): the coefficients at the linearly predicted end of the step. With dt -> 0
+    they are the plain ones."""
+    P, d = 12, 5
+    rng = np.random.default_rng(2)
+    x = torch.as_tensor(rng.standard_normal((P, d)))
+    y = torch.as_tensor(np.sign(rng.standard_normal(P)))
+    nets = [FC(depth=1, activation="relu").build(8, (d,), torch.Generator().manual_seed(s)) for s in range(2)]
+    net = ensemble_of(nets)
+    params = net.stack(nets)
+    out, ctx = net.forward(params, x, grad=True)
+    alpha = torch.tensor([0.5, 3.0], dtype=torch.float64)
+    m = y * alpha[:, None] * (out + 0.3)
+    loss = MSE()
+    scale = curvature_scale(loss)
+    assert scale == pytest.approx(1.0)
+    dt = torch.tensor([0.7, 0.05], dtype=torch.float64)
+    c = implicit_coefficients(net, params, ctx, x, y, m, alpha, loss, scale, dt, [0, 1])
+    theta = EnsembleNet(nets).ntk(params, x)
+    m_next = m - dt[:, None] * y * alpha[:, None] * torch.einsum("mij,mj->mi", theta, c)   # the exact linear step
+    c_next, _ = loss_coefficients(loss, m_next, y, alpha)
+    torch.testing.assert_close(c, c_next, rtol=1e-10, atol=1e-12)
+    plain, _ = loss_coefficients(loss, m, y, alpha)
+    assert float((c - plain).abs().max()) > 1e-3 * float(plain.abs().max())
+    tiny = implicit_coefficients(net, params, ctx, x, y, m, alpha, loss, scale, torch.full((2,), 1e-12), [0, 1])
+    torch.testing.assert_close(tiny, plain, rtol=1e-9, atol=1e-12)
+    assert loss_curvature(Hinge(), m).abs().max() == 0 and curvature_scale(Hinge()) == 0

@@ -1,0 +1,63 @@
+"""Linearly implicit loss coefficients: the stiff margin modes of a curved loss (the soft hinge's l'' = beta / 4
+at the kink) integrated by backward Euler, so that they do not limit the explicit step of the parameters.
+
+With c_mu = dObjective / df~_mu = l'(m_mu) y_mu / (P alpha), a step theta' = theta - dt J^T c~ moves the margins by
+dm = -dt y alpha Theta c~. Backward Euler on the coefficients, linearised, asks c~ = c + (dc / dm) dm, that is
+
+    (I + dt K Theta_SS) c~_S = c_S - dt K Theta_{S,rest} c_rest,      K = diag(l''(m_S) / P),
+
+on the margins S where l'' is at least ``1e-3`` of the loss's largest curvature; the others keep c (their
+coefficients hardly move in a step, and the step's error check sees it if they do).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .batched import loss_coefficients
+
+#: margins whose l'' is below this fraction of the loss's largest l'' keep the explicit coefficients
+CURVATURE_CUT = 1e-3
+
+
+def loss_curvature(loss, margins: torch.Tensor) -> torch.Tensor:
+    """l''(margins), elementwise, by autograd."""
+    m = margins.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (d1,) = torch.autograd.grad(loss(m).sum(), m, create_graph=True)
+        if not d1.requires_grad:  # l' piecewise constant: l'' = 0
+            return torch.zeros_like(margins)
+        (d2,) = torch.autograd.grad(d1.sum(), m)
+    return d2.detach()
+
+
+def curvature_scale(loss, dtype=torch.float64, device=None) -> float:
+    """The loss's largest l'' over margins in [-4, 6]: the scale of CURVATURE_CUT."""
+    return float(loss_curvature(loss, torch.linspace(-4.0, 6.0, 2001, dtype=dtype, device=device)).max())
+
+
+def implicit_coefficients(net, params, ctx, x, y, margins, alpha, loss, scale: float, dt: torch.Tensor, members):
+    """The coefficients c~ (M, n) of a linearly implicit step of length ``dt`` (M,) for the batch positions
+    ``members``; the plain ones elsewhere. ``scale``: :func:`curvature_scale` of the loss."""
+    coef, _ = loss_coefficients(loss, margins, y, alpha)
+    if scale <= 0:
+        return coef
+    curv = loss_curvature(loss, margins)
+    stiff = curv >= CURVATURE_CUT * scale
+    rows = [torch.nonzero(stiff[j]).flatten() if j in members and bool(stiff[j].any()) else None
+            for j in range(len(margins))]
+    if all(r is None for r in rows):
+        return coef
+    P = margins.shape[1]
+    out = coef.clone()
+    theta = net.ntk_rows(params, x, rows, ctx)
+    for j, (s, th) in enumerate(zip(rows, theta)):
+        if th is None:
+            continue
+        k = dt[j].to(th.dtype) * curv[j, s] / P
+        rest = coef[j].clone()
+        rest[s] = 0
+        A = k[:, None] * th[:, s]
+        A.diagonal().add_(1.0)
+        out[j, s] = torch.linalg.solve(A, coef[j, s] - k * (th @ rest))
+    return out
