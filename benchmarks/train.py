@@ -7,9 +7,12 @@ thread of this machine. For each h it prints
   - the GFLOP/s of the ensemble step (2 P (2 d h + 3 h^2 + 3 h) flops per member and trial step:
     forward, then the weight and input gradients) next to torch.bmm on (16, P, h) x (16, h, h)
     timed in the same run, and the fraction of it reached.
-With --converge it also trains a whole 16-seed ensemble to convergence at h = 100 for
-alpha_tilde = 2^-8 and 2^20 and prints the wall times (long on 2 cores: many minutes).
-Usage: python benchmarks/train.py [--converge] [--widths 10,30,100,300] [--device cpu|cuda]
+The throughput runs use the plain explicit step (implicit = false), whose cost per trial step is fixed.
+With --converge it also trains a whole 16-seed ensemble to convergence at h = 100 for alpha_tilde = 2^-8
+and 2^20 (--exponents), with the robust rule's implicit coefficients on and off (--implicit), and prints
+the wall times (long on 2 cores: many minutes).
+Usage: python benchmarks/train.py [--converge] [--exponents -8,20] [--implicit both|true|false]
+                                  [--widths 10,30,100,300] [--device cpu|cuda]
 """
 
 import argparse
@@ -21,11 +24,12 @@ import dlphase
 from dlphase.run import Run
 
 
-def spec_for(h, alpha_tilde, max_steps, device="cpu"):
+def spec_for(h, alpha_tilde, max_steps, device="cpu", implicit=False):
     return dlphase.Spec.from_dict({
         "dataset": {"name": "mnist", "pca": 10, "n_test": 1000},
         "architecture": {"name": "fc", "depth": 2, "activation": "swish"},
-        "dynamics": {"name": "gradient_flow", "loss": {"name": "soft_hinge", "beta": 20}, "max_steps": max_steps},
+        "dynamics": {"name": "gradient_flow", "loss": {"name": "soft_hinge", "beta": 20}, "max_steps": max_steps,
+                     "implicit": implicit},
         "grid": {"h": [h], "alpha_tilde": [alpha_tilde], "P": [1000], "seed": list(range(16))},
         "run": {"device": device}})
 
@@ -77,13 +81,15 @@ def main():
     ap.add_argument("--widths", default="10,30,100,300")
     ap.add_argument("--converge", action="store_true")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--exponents", default="-8,20", help="alpha_tilde = 2^e of the --converge ensembles")
+    ap.add_argument("--implicit", default="both", choices=["both", "true", "false"])
     args = ap.parse_args()
     P, d = 1000, 10
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, float64, "
           f"16 members, P = {P}")
     print(f"{'h':>5} {'alone m-steps/s':>16} {'ensemble m-steps/s':>19} {'ratio':>6} "
           f"{'ens GFLOP/s':>12} {'bmm GFLOP/s':>12} {'fraction':>8}")
-    for h in (int(w) for w in args.widths.split(",")):
+    for h in (int(w) for w in args.widths.split(",") if w):
         trials = 300 if h <= 100 else 60
         alone, together = throughput(h, trials, args.device)
         flops = 2 * P * (2 * d * h + 3 * h * h + 3 * h)
@@ -92,16 +98,16 @@ def main():
         print(f"{h:>5} {alone:>16.0f} {together:>19.0f} {together / alone:>5.1f}x {ens:>12.2f} {mm:>12.2f} "
               f"{ens / mm:>8.2f}")
     if args.converge:
-        for at in (2.0 ** -8, 2.0 ** 20):
-            spec = spec_for(100, at, 10 ** 7, args.device)
-            runs, models, data = members(spec)
-            t0 = time.perf_counter()
-            res = spec.dynamics.train_ensemble(models, data)
-            wall = time.perf_counter() - t0
-            print(f"16-seed ensemble, h = 100, alpha_tilde = 2^{round(torch.log2(torch.tensor(at)).item())}: "
-                  f"{wall:.1f} s, statuses {sorted({r.status for r in res})}, "
-                  f"trial steps per member {min(r.steps + r.rejected for r in res)}-"
-                  f"{max(r.steps + r.rejected for r in res)}")
+        for e in (int(v) for v in args.exponents.split(",")):
+            for implicit in ([True, False] if args.implicit == "both" else [args.implicit == "true"]):
+                spec = spec_for(100, 2.0 ** e, 10 ** 7, args.device, implicit)
+                runs, models, data = members(spec)
+                t0 = time.perf_counter()
+                res = spec.dynamics.train_ensemble(models, data)
+                wall = time.perf_counter() - t0
+                print(f"16-seed ensemble, h = 100, alpha_tilde = 2^{e}, implicit = {implicit}: {wall:.1f} s, "
+                      f"statuses {sorted({r.status for r in res})}, trial steps per member "
+                      f"{min(r.steps + r.rejected for r in res)}-{max(r.steps + r.rejected for r in res)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -101,13 +101,19 @@ class EnsembleNet:
                         list(params), x1[i:i + chunk], x2[j:j + chunk])
         return out
 
-    def ntk_rows(self, params: Sequence[torch.Tensor], x: torch.Tensor, rows: Sequence[torch.Tensor | None],
-                 ctx: Any = None) -> list[torch.Tensor | None]:
-        """Each member m's kernel rows Theta_m(x[rows[m]], x), (len(rows[m]), n), or None where rows[m] is None:
-        what a sliding-mode step needs on the margins at a kink. Generic: :meth:`ntk` member by member
-        (``ctx`` unused); architectures may reuse the forward pass ``ctx``."""
-        return [None if r is None else self.ntk([p[j:j + 1] for p in params], x[r], x)[0]
-                for j, r in enumerate(rows)]
+    def ntk_block(self, params: Sequence[torch.Tensor], x: torch.Tensor, rows: Sequence[torch.Tensor | None],
+                  vectors: torch.Tensor, ctx: Any = None) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Each member m's (Theta_m(x[r], x[r]), Theta_m(x[r], x) v) for r = rows[m] and v = vectors[m] (n,), or None
+        where rows[m] is None: what the robust step's loss coefficients need on a few margins. Generic: :meth:`ntk`
+        member by member (``ctx`` unused); architectures may reuse the forward pass ``ctx``."""
+        out = []
+        for j, r in enumerate(rows):
+            if r is None:
+                out.append(None)
+                continue
+            th = self.ntk([p[j:j + 1] for p in params], x[r], x)[0]
+            out.append((th[:, r], th @ vectors[j]))
+        return out
 
     def slopes(self, ctx: Any) -> list[torch.Tensor] | None:
         """The activation slopes sigma'(a) of a forward pass, each with leading dim M, or None if this

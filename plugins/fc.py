@@ -121,10 +121,11 @@ class FCEnsemble(EnsembleNet):
                 theta.add_(term)
         return theta
 
-    def ntk_rows(self, params, x, rows, ctx=None):
-        """Theta(x[rows_m], x) of each member m, (len(rows_m), n), or None where rows_m is None: the layer-wise
-        sum of :meth:`ntk` on one member's slice at a time, so that a member's rows do not depend on the batch.
-        ``ctx``: a forward pass on x with grad=True, reused."""
+    def ntk_block(self, params, x, rows, vectors, ctx=None):
+        """Each member m's (Theta(x[r], x[r]), Theta(x[r], x) v) for r = rows[m] and v = vectors[m] (n,), or None
+        where rows[m] is None. The product never forms the rows: per layer, Theta(., x) v = z^T (Z^T diag(v) D) d
+        (an h x h matrix, the weight gradient of v). One member's slice at a time, so that a member's numbers do
+        not depend on the batch. ``ctx``: a forward pass on x with grad=True, reused."""
         if ctx is None:
             _, ctx = self.forward(params, x, grad=True)
         ws, bs = self.layers(params)
@@ -137,16 +138,26 @@ class FCEnsemble(EnsembleNet):
             if r is None:
                 out.append(None)
                 continue
-            theta = None
+            v = vectors[j]
+            square, prod = None, None
             for i, k in enumerate(self.k):
                 z = acts[i][j] * k
-                term = z[r] @ z.T
-                if bs is not None and i < self.n_layers - 1:
+                zr = z[r]
+                term = zr @ zr.T
+                hidden = i < self.n_layers - 1
+                if bs is not None and hidden:
                     term.add_(self.c_in ** 2)
-                if i < self.n_layers - 1:
-                    term.mul_(deltas[i][j, r] @ deltas[i][j].T)
-                theta = term if theta is None else theta.add_(term)
-            out.append(theta)
+                if hidden:
+                    d, dr = deltas[i][j], deltas[i][j, r]
+                    term.mul_(dr @ dr.T)
+                    p = ((zr @ (z.T @ (d * v[:, None]))) * dr).sum(1)
+                    if bs is not None:
+                        p = p + self.c_in ** 2 * (dr @ (d.T @ v))
+                else:
+                    p = zr @ (z.T @ v)
+                square = term if square is None else square.add_(term)
+                prod = p if prod is None else prod.add_(p)
+            out.append((square, prod))
         return out
 
     def slopes(self, ctx):

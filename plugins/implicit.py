@@ -50,14 +50,13 @@ def implicit_coefficients(net, params, ctx, x, y, margins, alpha, loss, scale: f
         return coef
     P = margins.shape[1]
     out = coef.clone()
-    theta = net.ntk_rows(params, x, rows, ctx)
-    for j, (s, th) in enumerate(zip(rows, theta)):
-        if th is None:
+    rest = torch.where(stiff, torch.zeros_like(coef), coef)
+    for j, (s, block) in enumerate(zip(rows, net.ntk_block(params, x, rows, rest, ctx))):
+        if block is None:
             continue
-        k = dt[j].to(th.dtype) * curv[j, s] / P
-        rest = coef[j].clone()
-        rest[s] = 0
-        A = k[:, None] * th[:, s]
+        th_ss, th_rest = block
+        k = dt[j].to(th_ss.dtype) * curv[j, s] / P
+        A = k[:, None] * th_ss
         A.diagonal().add_(1.0)
-        out[j, s] = torch.linalg.solve(A, coef[j, s] - k * (th @ rest))
+        out[j, s] = torch.linalg.solve(A, coef[j, s] - k * th_rest)
     return out

@@ -77,14 +77,13 @@ def sliding_coefficients(net, params, ctx, x, y, margins, alpha, loss, band: flo
             for j in range(len(margins))]
     if all(r is None for r in rows):
         return coef, weights
-    theta = net.ntk_rows(params, x, rows, ctx)
-    for j, (s, th) in enumerate(zip(rows, theta)):
-        if th is None:
+    for j, (s, block) in enumerate(zip(rows, net.ntk_block(params, x, rows, coef, ctx))):
+        if block is None:
             continue
+        th_ss, b = block                                # Theta_SS, and (Theta c)_S from the forces outside S
         spread = (left[j, s] - right[j, s])             # c_S = right + w spread
-        b = th @ coef[j]                                # (Theta c)_S from the forces outside S
         want = y[s] * (margins[j, s] - target) / (tau[j] * alpha[j]) - b
-        Q = th[:, s] * spread[:, None] * spread[None, :]
+        Q = th_ss * spread[:, None] * spread[None, :]
         w, _ = box_qp(Q, spread * want, weights_prev[j, s])
         coef[j, s] = right[j, s] + w * spread
         weights[j, s] = w

@@ -37,18 +37,22 @@ def test_box_qp_matches_bvls(m, n):
 @pytest.mark.parametrize("arch,shape", [(FC(depth=2, activation="relu", bias=True), (5,)),
                                         (MeanField(activation="swish"), (5,)),
                                         (CNN(depth=2, kernel_size=3), (1, 6, 6))], ids=["fc", "mean_field", "cnn"])
-def test_ntk_rows_are_rows_of_the_ntk(arch, shape):
+def test_ntk_block_is_a_block_of_the_ntk(arch, shape):
+    """Theta(x_r, x_r) and Theta(x_r, x) v of the fast kernels against torch.func's full NTK."""
     nets = [arch.build(6, shape, torch.Generator().manual_seed(s)) for s in range(3)]
     x = torch.randn(11, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     net = ensemble_of(nets)
     params = net.stack(nets)
     full = EnsembleNet(nets).ntk(params, x)
     rows = [torch.tensor([3, 0, 7]), None, torch.tensor([10])]
+    v = torch.randn(3, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     _, ctx = net.forward(params, x, grad=True)
-    for got in (net.ntk_rows(params, x, rows, ctx), net.ntk_rows(params, x, rows)):
+    for got in (net.ntk_block(params, x, rows, v, ctx), net.ntk_block(params, x, rows, v)):
         assert got[1] is None
         for j in (0, 2):
-            torch.testing.assert_close(got[j], full[j][rows[j]], rtol=1e-10, atol=1e-12)
+            r = rows[j]
+            torch.testing.assert_close(got[j][0], full[j][r][:, r], rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(got[j][1], full[j][r] @ v[j], rtol=1e-10, atol=1e-12)
 
 
 def test_sliding_forces_give_the_relaxation():
