@@ -22,7 +22,8 @@ Two acceptance rules (SCIENCE.md section 2):
     across it (which held dt near 1e-5). g'_s keeps these coefficients too.
   - a curved loss (the soft hinge's l'' = beta / 4 at m = 1) gets linearly implicit ones (implicit.py,
     ``implicit``): backward Euler on the stiff margin modes, which otherwise hold dt by their
-    coefficient change (relu nets in the feature regime).
+    coefficient change (relu nets in the feature regime). g'_s takes the trial point's own
+    coefficients, so dgrad sees how far they are from the predicted c~ of g = J^T c~.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ From the current output ``out`` (f on the training set) and gradient ``g``, try
 theta <- theta - dt g and recompute out', g'. The rule ``reference`` accepts if
 dgrad = |g' - g|^2 / (|g| |g'|) < max_dgrad and dout = max_mu |out'_mu - out_mu| < max_dout, grows dt
 by ``grow`` after an easy step and divides it by ``shrink`` after a rejection, as the reference code.
-The default rule ``robust`` measures dgrad past the kinks of the hinge and of relu and sets dt with a
-proportional controller (ensemble_flow.py), so that kinks do not stall the flow.
+The default rule ``robust`` measures dgrad past relu kinks, gives the plain hinge's margins at its kink
+sliding-mode forces and a curved loss's stiff margins linearly implicit coefficients, and sets dt with a
+proportional controller (ensemble_flow.py), so that kinks and stiff margins do not stall the flow.
 Time convention: t is the time of the flow of L / alpha^2 with f = alpha (f~ - f~0), f~'s last layer
 divided by sqrt(h) and alpha = alpha_tilde / sqrt(h) (SCIENCE.md section 1).
 """

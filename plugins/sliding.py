@@ -36,10 +36,11 @@ def box_qp(Q: torch.Tensor, r: torch.Tensor, w: torch.Tensor, tol: float = 1e-10
     f = obj(w)
     for it in range(max_iter):
         grad = Q @ w - r
-        if float((w - (w - grad).clamp(0, 1)).abs().max()) <= tol:
+        projected = w - (w - grad).clamp(0, 1)
+        if float(projected.abs().max()) <= tol:
             return w, it
         # variables at a bound whose gradient pushes outwards stay there (with Bertsekas' epsilon margin)
-        eps = min(float((w - (w - grad).clamp(0, 1)).norm()), 1e-3)
+        eps = min(float(projected.norm()), 1e-3)
         held = ((w <= eps) & (grad > 0)) | ((w >= 1 - eps) & (grad < 0))
         free = torch.nonzero(~held).flatten()
         d = torch.zeros_like(w)
