@@ -40,6 +40,14 @@ def loss_coefficients(loss, margins: torch.Tensor, y: torch.Tensor, alpha: torch
     return dm * y / (len(y) * alpha[:, None]), per.detach()
 
 
+def member_rows(mask: torch.Tensor, members) -> list | None:
+    """For each batch position, the indices where ``mask`` (M, n) holds if the position is in ``members`` and
+    any holds, else None; None when no position has any: the rows a robust step's coefficients solve for."""
+    rows = [torch.nonzero(mask[j]).flatten() if j in members and bool(mask[j].any()) else None
+            for j in range(len(mask))]
+    return None if all(r is None for r in rows) else rows
+
+
 def feed_checkpoints(net, params, params0, positions, idx, monitors, trackers, data, alpha, t, steps,
                      train_loss: torch.Tensor, margins: torch.Tensor) -> None:
     """Record the members at batch ``positions`` whose trajectory or early-stopping checkpoint is due.

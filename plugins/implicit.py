@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .batched import loss_coefficients
+from .batched import loss_coefficients, member_rows
 
 #: margins whose l'' is below this fraction of the loss's largest l'' keep the explicit coefficients
 CURVATURE_CUT = 1e-3
@@ -44,9 +44,8 @@ def implicit_coefficients(net, params, ctx, x, y, margins, alpha, loss, scale: f
         return coef
     curv = loss_curvature(loss, margins)
     stiff = curv >= CURVATURE_CUT * scale
-    rows = [torch.nonzero(stiff[j]).flatten() if j in members and bool(stiff[j].any()) else None
-            for j in range(len(margins))]
-    if all(r is None for r in rows):
+    rows = member_rows(stiff, members)
+    if rows is None:
         return coef
     P = margins.shape[1]
     out = coef.clone()

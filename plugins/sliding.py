@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .batched import loss_coefficients
+from .batched import loss_coefficients, member_rows
 
 
 def box_qp(Q: torch.Tensor, r: torch.Tensor, w: torch.Tensor, tol: float = 1e-10, max_iter: int = 100):
@@ -65,7 +65,8 @@ def sliding_coefficients(net, params, ctx, x, y, margins, alpha, loss, band: flo
     their weights w (M, n) (1 below the band, 0 above), for the batch ``members`` (a list of positions).
 
     ``tau`` (M,) is each member's relaxation time; ``weights_prev`` the weights of the previous point, the
-    start of the quadratic program. Positions outside ``members`` get the plain coefficients.
+    start of the quadratic program. Only the rows of ``members`` are meant to be used: the others' margins in
+    the band get c(1+).
     """
     kink = loss.kink
     coef, _ = loss_coefficients(loss, margins, y, alpha)
@@ -74,9 +75,8 @@ def sliding_coefficients(net, params, ctx, x, y, margins, alpha, loss, band: flo
     inside = (margins - kink).abs() <= band
     weights = torch.where(margins < kink, torch.ones_like(margins), torch.zeros_like(margins))
     coef = torch.where(inside, right, coef)
-    rows = [torch.nonzero(inside[j]).flatten() if j in members and bool(inside[j].any()) else None
-            for j in range(len(margins))]
-    if all(r is None for r in rows):
+    rows = member_rows(inside, members)
+    if rows is None:
         return coef, weights
     for j, (s, block) in enumerate(zip(rows, net.ntk_block(params, x, rows, coef, ctx))):
         if block is None:
