@@ -122,9 +122,10 @@ class EnsembleNet:
         return None
 
     def backward(self, params: Sequence[torch.Tensor], ctx: Any, dout: torch.Tensor,
-                 slopes: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+                 slopes: list[torch.Tensor] | None = None, reuse: bool = False) -> list[torch.Tensor]:
         """Each member's sum_mu dout[m, mu] grad f~_m(x_mu), stacked like ``params``. Reusable: the
-        same context takes several cotangents."""
+        same context takes several cotangents; ``reuse`` says more will come, for classes that can keep
+        work for them (fc)."""
         if slopes is not None:
             raise NotImplementedError(f"{type(self).__name__} cannot freeze activation slopes")
         leaves, out = ctx

@@ -38,6 +38,7 @@ from dlphase.ensemble import stacked
 
 from .batched import feed_checkpoints, loss_coefficients
 from .implicit import curvature_scale, implicit_coefficients
+from .kernel_cache import KernelCache, fits
 from .sliding import sliding_coefficients
 from .stopping import common_rules, finish_member, stops, validation_tracker
 
@@ -70,12 +71,13 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
     def margins(out, a, f0_):
         return y * (a[:, None] * (out - f0_))
 
-    def evaluate(p, a, f0_, gradient=True):
-        """f~, margins, dObjective/df~, the objective mean l / alpha^2, its gradient (or None), the context."""
+    def evaluate(p, a, f0_, gradient=True, reuse=False):
+        """f~, margins, dObjective/df~, the objective mean l / alpha^2, its gradient (or None), the context
+        (``reuse``: it will take more cotangents)."""
         out, ctx = net.forward(p, x, grad=True)
         m = margins(out, a, f0_)
         c, per = loss_coefficients(loss, m, y, a)
-        return out, m, c, per.mean(1) / a ** 2, net.backward(p, ctx, c) if gradient else None, ctx
+        return out, m, c, per.mean(1) / a ** 2, net.backward(p, ctx, c, reuse=reuse) if gradient else None, ctx
 
     out, marg, coef, obj, g, ctx = evaluate(params, alpha, f0)
     slopes = net.slopes(ctx) if robust and net.kinked else None
@@ -85,12 +87,17 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
     scale = curvature_scale(loss, x.dtype, x.device) if robust and kink is None and flow.implicit else 0.0
     mode = "sliding" if robust and kink is not None else "implicit" if scale > 0 else None
     weights = (marg < kink).to(marg.dtype) if mode == "sliding" else None
+    # their kernel blocks: from each member's cached Theta(x, x) while its parameters stay near (kernel_cache.py)
+    cache = (KernelCache(net, x, flow.kernel_refresh) if mode is not None and flow.kernel_refresh > 0
+             and fits(M, len(x), x.dtype) else None)
+    blocks = cache if cache is not None else net
 
     def step_coefficients(p, ctx_, m, a, positions, dt_next):
+        """The coefficients of the next steps from the points p (margins m), for the batch ``positions``."""
         nonlocal weights
         if mode == "implicit":
-            return implicit_coefficients(net, p, ctx_, x, y, m, a, loss, scale, dt_next, positions)
-        c, w = sliding_coefficients(net, p, ctx_, x, y, m, a, loss, flow.sliding_band, kink + flow.sliding_offset,
+            return implicit_coefficients(blocks, p, ctx_, x, y, m, a, loss, scale, dt_next, positions)
+        c, w = sliding_coefficients(blocks, p, ctx_, x, y, m, a, loss, flow.sliding_band, kink + flow.sliding_offset,
                                     flow.sliding_steps * dt_next, positions, weights)
         chosen = torch.zeros(len(m), dtype=torch.bool, device=m.device)
         chosen[positions] = True
@@ -142,13 +149,19 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
                 slopes = [v.index_select(0, keep) for v in slopes]
             if weights is not None:
                 weights = weights.index_select(0, keep)
+            if cache is not None:
+                cache.select(keep)
             out, marg, coef, obj, gnorm2, dt, f0, alpha, t, steps, rejected = (
                 v.index_select(0, keep) for v in (out, marg, coef, obj, gnorm2, dt, f0, alpha, t, steps, rejected))
 
         # one trial step for every member left
         step = dt.to(x.dtype)
         trial = [v - _rows(step, v) * gv for v, gv in zip(params, g)]
-        new_out, new_marg, new_coef, new_obj, new_g, ctx = evaluate(trial, alpha, f0, gradient=mode != "sliding")
+        # the trial's own gradient: what the reference rule compares, and the robust rule's g'_s unless the
+        # step's coefficients (sliding) or the accepted slopes (relu) go into g'_s instead
+        own = mode is None or (mode == "implicit" and slopes is None)
+        new_out, new_marg, new_coef, new_obj, new_g, ctx = evaluate(trial, alpha, f0, gradient=own,
+                                                                    reuse=mode is not None)
         dout = (new_marg - marg).abs().amax(1)  # |f' - f|, as y = +-1
         if not robust:
             new_gnorm2 = _sq(new_g)
@@ -161,7 +174,8 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
             # g_s: the gradient at the trial point with the accepted point's loss coefficients (the step's own,
             # with a coefficient rule) and, for relu, its activation slopes: |g_s - g| is smooth curvature, O(dt)
             g_s = (new_g if mode != "sliding" and slopes is None else
-                   net.backward(trial, ctx, coef if mode == "sliding" else new_coef, slopes=slopes))
+                   net.backward(trial, ctx, coef if mode == "sliding" else new_coef, slopes=slopes,
+                                reuse=slopes is None))
             g_s2 = _sq(g_s)
             dgrad = torch.where(g_s2 > 0, _sq([a - b for a, b in zip(g_s, g)]) / (gnorm2 * g_s2).sqrt(),
                                 torch.zeros_like(gnorm2))
@@ -173,15 +187,21 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
             new_dt = dt * torch.clamp(0.9 / err.clamp_min(1e-12), 1.0 / flow.shrink, flow.grow_max)
         if mode is not None:  # the accepted points' coefficients, for the step size they will be tried with
             accepted = torch.nonzero(ok).flatten().tolist()
+            plain = new_coef
             new_coef = step_coefficients(trial, ctx, new_marg, alpha, accepted, new_dt)
-            new_g = net.backward(trial, ctx, new_coef) if accepted else g
+            if not own or bool(((new_coef != plain) & ok[:, None]).any()):  # else new_g is J'^T new_coef already
+                new_g = net.backward(trial, ctx, new_coef) if accepted else g
             if mode == "implicit" and len(accepted) < len(ok):  # the rejected ones' for their shorter step
-                _, ctx0 = net.forward(params, x, grad=True)
-                again = torch.nonzero(~ok).flatten().tolist()
-                coef = torch.where(ok[:, None], coef, step_coefficients(params, ctx0, marg, alpha, again, new_dt))
-                g0 = net.backward(params, ctx0, coef)
-                g = [torch.where(_rows(ok, v), v, v0) for v, v0 in zip(g, g0)]
-                gnorm2 = torch.where(ok, gnorm2, _sq(g0))
+                again = torch.nonzero(~ok).flatten()
+                redo = torch.where(ok[:, None], coef, step_coefficients(params, None, marg, alpha, again.tolist(), new_dt))
+                again = torch.nonzero((redo != coef).any(1)).flatten()      # those whose coefficients changed
+                coef = redo
+                if len(again):
+                    sub = [v.index_select(0, again) for v in params]   # a pass over those members only
+                    _, ctx0 = net.forward(sub, x, grad=True)
+                    g0 = net.backward(sub, ctx0, coef.index_select(0, again))
+                    g = [v.index_copy(0, again, v0) for v, v0 in zip(g, g0)]
+                    gnorm2 = gnorm2.index_copy(0, again, _sq(g0))
         new_gnorm2 = _sq(new_g)
         t = t + torch.where(ok, dt, torch.zeros_like(dt))
         steps = steps + ok.long()

@@ -72,12 +72,12 @@ class FCEnsemble(EnsembleNet):
             else:
                 u = torch.bmm(_per_member(z, len(w)), (w * k).transpose(1, 2))
             pre.append(u)
-        return u[..., 0], ((acts, pre) if grad else None)
+        return u[..., 0], ((acts, pre, {}) if grad else None)
 
     def _backprop(self, ws, ctx, delta, slopes=None):
         """Yield (i, d/du_i) for the layers i = last .. 0, from the read-out's cotangent ``delta`` (M, n, 1);
         with ``slopes``, through those activation slopes instead of the pass's own."""
-        acts, pre = ctx
+        acts, pre, _ = ctx
         for i in range(self.n_layers - 1, -1, -1):
             yield i, delta
             if i == 0:
@@ -88,15 +88,22 @@ class FCEnsemble(EnsembleNet):
                 dz = torch.bmm(delta, ws[i] * self.k[i])
             delta = self.act_backward(dz, pre[i - 1], acts[i]) if slopes is None else dz * slopes[i - 1]
 
+    def _unit_deltas(self, ws, ctx):
+        """The per-sample gradients d f~(x_mu) / d u_i, (M, n, .) per layer: the backward pass with a unit
+        cotangent, whose rows stay apart since f~(x_mu) depends on x_mu only. Kept in ``ctx`` once computed."""
+        store = ctx[2]
+        if "unit" not in store:
+            deltas = [None] * self.n_layers
+            for i, delta in self._backprop(ws, ctx, torch.ones_like(ctx[1][-1])):
+                deltas[i] = delta
+            store["unit"] = deltas
+        return store["unit"]
+
     def per_sample(self, params, x):
-        """Each layer's input z_{i-1} and the per-sample gradient d f~(x_mu) / d u_i, (M, n, .) each:
-        the backward pass with a unit cotangent, whose rows stay apart since f~(x_mu) depends on x_mu only."""
+        """Each layer's input z_{i-1} and the per-sample gradient d f~(x_mu) / d u_i, (M, n, .) each."""
         out, ctx = self.forward(params, x, grad=True)
         ws, _ = self.layers(params)
-        deltas = [None] * self.n_layers
-        for i, delta in self._backprop(ws, ctx, torch.ones_like(out)[..., None]):
-            deltas[i] = delta
-        return [_per_member(a, len(out)) for a in ctx[0]], deltas
+        return [_per_member(a, len(out)) for a in ctx[0]], self._unit_deltas(ws, ctx)
 
     def ntk(self, params, x1, x2=None, chunk=None):
         """Theta(x, x') layer by layer, without the N x n Jacobian: d f~ / d W_i = k_i delta_i z_{i-1}^T, so
@@ -129,9 +136,7 @@ class FCEnsemble(EnsembleNet):
         if ctx is None:
             _, ctx = self.forward(params, x, grad=True)
         ws, bs = self.layers(params)
-        deltas = [None] * self.n_layers
-        for i, delta in self._backprop(ws, ctx, torch.ones_like(ctx[1][-1])):
-            deltas[i] = delta
+        deltas = self._unit_deltas(ws, ctx)
         acts = [_per_member(a, len(ws[0])) for a in ctx[0]]
         out = []
         for j, r in enumerate(rows):
@@ -162,14 +167,21 @@ class FCEnsemble(EnsembleNet):
 
     def slopes(self, ctx):
         """act'(u_i) of every hidden layer, (M, n, h) each (relu: sigma'(a_i))."""
-        acts, pre = ctx
+        acts, pre, _ = ctx
         return [self.act_backward(torch.ones_like(u), u, z) for u, z in zip(pre[:-1], acts[1:])]
 
-    def backward(self, params, ctx, dout, slopes=None):
+    def backward(self, params, ctx, dout, slopes=None, reuse=False):
+        """With ``reuse`` (or once ``ctx`` holds them), from the per-sample gradients D_i of a unit cotangent:
+        d/du_i = dout D_i row by row, so that a further cotangent costs only the weight products."""
         ws, bs = self.layers(params)
         acts = ctx[0]
         gw, gb = [None] * self.n_layers, [None] * (self.n_layers - 1)
-        for i, delta in self._backprop(ws, ctx, dout[..., None], slopes):
+        if slopes is None and (reuse or "unit" in ctx[2]):
+            units = self._unit_deltas(ws, ctx)
+            pairs = ((i, units[i] * dout[..., None]) for i in range(self.n_layers - 1, -1, -1))
+        else:
+            pairs = self._backprop(ws, ctx, dout[..., None], slopes)
+        for i, delta in pairs:
             gw[i] = torch.bmm(delta.transpose(1, 2), _per_member(acts[i], len(delta))) * self.k[i]
             if i < self.n_layers - 1:
                 gb[i] = delta.sum(1) * self.c_in

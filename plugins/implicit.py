@@ -38,16 +38,17 @@ def curvature_scale(loss, dtype=torch.float64, device=None) -> float:
 
 def implicit_coefficients(net, params, ctx, x, y, margins, alpha, loss, scale: float, dt: torch.Tensor, members):
     """The coefficients c~ (M, n) of a linearly implicit step of length ``dt`` (M,) for the batch positions
-    ``members``; the plain ones elsewhere. ``scale``: :func:`curvature_scale` of the loss."""
+    ``members``; the plain ones elsewhere. ``scale``: :func:`curvature_scale` of the loss. ``net``: anything
+    with :meth:`EnsembleNet.ntk_block` (a :class:`KernelCache`)."""
     coef, _ = loss_coefficients(loss, margins, y, alpha)
     if scale <= 0:
         return coef
     curv = loss_curvature(loss, margins)
     stiff = curv >= CURVATURE_CUT * scale
+    P = margins.shape[1]
     rows = member_rows(stiff, members)
     if rows is None:
         return coef
-    P = margins.shape[1]
     out = coef.clone()
     rest = torch.where(stiff, torch.zeros_like(coef), coef)
     for j, (s, block) in enumerate(zip(rows, net.ntk_block(params, x, rows, rest, ctx))):
@@ -55,7 +56,13 @@ def implicit_coefficients(net, params, ctx, x, y, margins, alpha, loss, scale: f
             continue
         th_ss, th_rest = block
         k = dt[j].to(th_ss.dtype) * curv[j, s] / P
-        A = k[:, None] * th_ss
-        A.diagonal().add_(1.0)
-        out[j, s] = torch.linalg.solve(A, coef[j, s] - k * th_rest)
+        out[j, s] = solve_shifted(th_ss, k, coef[j, s] - k * th_rest)
     return out
+
+
+def solve_shifted(theta: torch.Tensor, k: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """(I + diag(k) Theta)^-1 r. (Cholesky on the symmetric form I + K^1/2 Theta K^1/2 measured no faster on
+    2 cores for the sizes of S met in training, 100 to 900.)"""
+    A = k[:, None] * theta
+    A.diagonal().add_(1.0)
+    return torch.linalg.solve(A, r)

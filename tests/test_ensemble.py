@@ -36,6 +36,13 @@ def test_batched_kernels_match_autograd(arch):
     cot = torch.randn_like(out)
     for g, ref in zip(fast.backward(params, ctx, cot), generic.backward(params, ref_ctx, cot)):
         torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-14)
+    # reuse: later cotangents through the kept per-sample output gradients, D_i row-scaled by the cotangent
+    _, ctx2 = fast.forward(params, x, grad=True)
+    for cotangent in (cot, torch.randn_like(out)):
+        for g, ref in zip(fast.backward(params, ctx2, cotangent, reuse=True),
+                          generic.backward(params, ref_ctx, cotangent)):
+            torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-14)
+    assert "unit" in ctx2[2]
     # frozen slopes equal to the pass's own give the same gradient (exactly for relu; the fused swish
     # backward rounds differently from the product with its slope)
     exact = arch.activation == "relu"

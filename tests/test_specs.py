@@ -60,6 +60,7 @@ def test_sections_default_from_registry():
     (lambda r: r["architecture"].update(bias=1), "architecture.bias = 1 is invalid: expected bool"),
     (lambda r: r["architecture"].update(activation="gelu"), "architecture.activation = 'gelu' is invalid: expected 'swish' or 'relu' or 'tanh'"),
     (lambda r: r["architecture"].update(depth=0), "architecture.depth must be > 0, got 0"),
+    (lambda r: r["dynamics"].update(kernel_refresh=-0.1), "dynamics.kernel_refresh must be >= 0, got -0.1"),
     (lambda r: r["observables"].update(names=["errors", "nope"]), "unknown observable 'nope'"),
     (lambda r: r["observables"].update(errors={"x": 1}, names=["errors"]), "unknown key observables.errors.x"),
     (lambda r: r["observables"].update(other={}), "unknown key observables.other"),
