@@ -10,8 +10,10 @@ thread of this machine. For each h it prints
 The throughput runs use the plain explicit step (implicit = false), whose cost per trial step is fixed.
 With --converge it also trains a whole 16-seed ensemble to convergence at h = 100 for alpha_tilde = 2^-8
 and 2^20 (--exponents), with the robust rule's implicit coefficients on and off (--implicit), and prints
-the wall times (long on 2 cores: many minutes).
-Usage: python benchmarks/train.py [--converge] [--exponents -8,20] [--implicit both|true|false]
+the wall times (long on 2 cores: many minutes); --max-steps caps their trial steps, to compare the settings
+by the flow time they reach; --kernel-refresh sets gradient_flow.kernel_refresh (default 0).
+Usage: python benchmarks/train.py [--converge] [--exponents -8,20] [--implicit both|true|false] [--max-steps N]
+                                  [--kernel-refresh F]
                                   [--widths 10,30,100,300] [--device cpu|cuda]
 """
 
@@ -24,12 +26,12 @@ import dlphase
 from dlphase.run import Run
 
 
-def spec_for(h, alpha_tilde, max_steps, device="cpu", implicit=False):
+def spec_for(h, alpha_tilde, max_steps, device="cpu", implicit=False, kernel_refresh=0.0):
     return dlphase.Spec.from_dict({
         "dataset": {"name": "mnist", "pca": 10, "n_test": 1000},
         "architecture": {"name": "fc", "depth": 2, "activation": "swish"},
         "dynamics": {"name": "gradient_flow", "loss": {"name": "soft_hinge", "beta": 20}, "max_steps": max_steps,
-                     "implicit": implicit},
+                     "implicit": implicit, "kernel_refresh": kernel_refresh},
         "grid": {"h": [h], "alpha_tilde": [alpha_tilde], "P": [1000], "seed": list(range(16))},
         "run": {"device": device}})
 
@@ -83,6 +85,8 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--exponents", default="-8,20", help="alpha_tilde = 2^e of the --converge ensembles")
     ap.add_argument("--implicit", default="both", choices=["both", "true", "false"])
+    ap.add_argument("--max-steps", type=int, default=10 ** 7, help="trial-step budget of the --converge ensembles")
+    ap.add_argument("--kernel-refresh", type=float, default=0.0, help="gradient_flow.kernel_refresh of those")
     args = ap.parse_args()
     P, d = 1000, 10
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, float64, "
@@ -100,14 +104,15 @@ def main():
     if args.converge:
         for e in (int(v) for v in args.exponents.split(",")):
             for implicit in ([True, False] if args.implicit == "both" else [args.implicit == "true"]):
-                spec = spec_for(100, 2.0 ** e, 10 ** 7, args.device, implicit)
+                spec = spec_for(100, 2.0 ** e, args.max_steps, args.device, implicit, args.kernel_refresh)
                 runs, models, data = members(spec)
                 t0 = time.perf_counter()
                 res = spec.dynamics.train_ensemble(models, data)
                 wall = time.perf_counter() - t0
                 print(f"16-seed ensemble, h = 100, alpha_tilde = 2^{e}, implicit = {implicit}: {wall:.1f} s, "
                       f"statuses {sorted({r.status for r in res})}, trial steps per member "
-                      f"{min(r.steps + r.rejected for r in res)}-{max(r.steps + r.rejected for r in res)}", flush=True)
+                      f"{min(r.steps + r.rejected for r in res)}-{max(r.steps + r.rejected for r in res)}, flow time "
+                      f"{min(r.t for r in res):.4g}-{max(r.t for r in res):.4g}", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ Two acceptance rules (SCIENCE.md section 2):
   - a curved loss (the soft hinge's l'' = beta / 4 at m = 1) gets linearly implicit ones (implicit.py,
     ``implicit``): backward Euler on the stiff margin modes, which otherwise hold dt by their
     coefficient change (relu nets in the feature regime). g'_s takes the trial point's own
-    coefficients, so dgrad sees how far they are from the predicted c~ of g = J^T c~.
+    coefficients, so dgrad sees how far they are from the predicted c~ of g = J^T c~. Every PROBE
+    trial steps, :func:`implicit_pays` switches each member to or from them.
+  Both take their NTK blocks from a KernelCache (kernel_cache.py, ``kernel_refresh``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,26 @@ from .sliding import sliding_coefficients
 from .stopping import common_rules, finish_member, stops, validation_tracker
 
 
+#: every PROBE trial steps each member of the implicit rule is switched to or from the implicit coefficients
+PROBE = 10
+#: (dgrad ratios) on when an explicit step takes SWITCH_ON times more gradient change from its coefficients than
+#: from curvature (an explicit step about 3 times shorter), off below SWITCH_OFF
+SWITCH_ON = 9.0
+SWITCH_OFF = 2.0
+
+
+def implicit_pays(net, trial, ctx, g, g_s, coef, plain, slopes, on):
+    """Whether each member should take the implicit coefficients (M,) bool, from a trial step: the gradient
+    change an explicit step would take from its coefficients, |J'^T (c' - c)|^2 (c the plain coefficients at
+    the accepted point), against that from curvature, |J'^T c_step - J^T c_step|^2 (c_step the step's own).
+    The implicit coefficients cost a solve per step and pay off only where the first dominates (stiff margin
+    modes, relu's chattering margins); in the feature regime the second does, and they are switched off."""
+    g_step = net.backward(trial, ctx, coef, slopes=slopes, reuse=slopes is None)
+    g_plain = net.backward(trial, ctx, plain, slopes=slopes, reuse=slopes is None)
+    ratio = _sq([a - b for a, b in zip(g_s, g_plain)]) / _sq([a - b for a, b in zip(g_step, g)])
+    return torch.where(ratio > SWITCH_ON, True, torch.where(ratio < SWITCH_OFF, False, on))
+
+
 def _sq(ts: list[torch.Tensor]) -> torch.Tensor:
     """Per-member squared norms of stacked tensors, (M,)."""
     return sum(t.reshape(len(t), -1).square().sum(1) for t in ts)
@@ -58,7 +80,7 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
 
     ``monitors``: one :class:`dlphase.trajectory.Monitor` (or None) per member, fed at its checkpoints.
     ``trace``: called after every trial step with a dict of per-member tensors (member ids, dt, dout,
-    dgrad, accepted, N_Delta, margins crossing the kink), to study the integrator.
+    dgrad, accepted, implicit coefficients on, N_Delta, margins crossing the kink), to study the integrator.
     """
     start = time.perf_counter()
     x, y = data.x_train, data.y_train
@@ -87,15 +109,20 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
     scale = curvature_scale(loss, x.dtype, x.device) if robust and kink is None and flow.implicit else 0.0
     mode = "sliding" if robust and kink is not None else "implicit" if scale > 0 else None
     weights = (marg < kink).to(marg.dtype) if mode == "sliding" else None
-    # their kernel blocks: from each member's cached Theta(x, x) while its parameters stay near (kernel_cache.py)
+    # their kernel blocks: from each member's cached Theta(x, x) while its parameters stay near (kernel_cache.py);
+    # relu nets form them afresh, as their kernel jumps when units cross their kinks, which no drift bounds
     cache = (KernelCache(net, x, flow.kernel_refresh) if mode is not None and flow.kernel_refresh > 0
-             and fits(M, len(x), x.dtype) else None)
+             and not net.kinked and fits(M, len(x), x.dtype) else None)
     blocks = cache if cache is not None else net
+
+    # the members that take the implicit coefficients, decided every PROBE trial steps (implicit_pays)
+    on = torch.ones(M, dtype=torch.bool, device=x.device)
 
     def step_coefficients(p, ctx_, m, a, positions, dt_next):
         """The coefficients of the next steps from the points p (margins m), for the batch ``positions``."""
         nonlocal weights
         if mode == "implicit":
+            positions = [j for j in positions if bool(on[j])]
             return implicit_coefficients(blocks, p, ctx_, x, y, m, a, loss, scale, dt_next, positions)
         c, w = sliding_coefficients(blocks, p, ctx_, x, y, m, a, loss, flow.sliding_band, kink + flow.sliding_offset,
                                     flow.sliding_steps * dt_next, positions, weights)
@@ -151,8 +178,9 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
                 weights = weights.index_select(0, keep)
             if cache is not None:
                 cache.select(keep)
-            out, marg, coef, obj, gnorm2, dt, f0, alpha, t, steps, rejected = (
-                v.index_select(0, keep) for v in (out, marg, coef, obj, gnorm2, dt, f0, alpha, t, steps, rejected))
+            out, marg, coef, obj, gnorm2, dt, f0, alpha, t, steps, rejected, on = (
+                v.index_select(0, keep) for v in (out, marg, coef, obj, gnorm2, dt, f0, alpha, t, steps, rejected,
+                                                  on))
 
         # one trial step for every member left
         step = dt.to(x.dtype)
@@ -160,6 +188,8 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
         # the trial's own gradient: what the reference rule compares, and the robust rule's g'_s unless the
         # step's coefficients (sliding) or the accepted slopes (relu) go into g'_s instead
         own = mode is None or (mode == "implicit" and slopes is None)
+        # (reuse, with a coefficient rule, whoever is switched on: how a member's gradients are formed must not
+        # depend on the other members)
         new_out, new_marg, new_coef, new_obj, new_g, ctx = evaluate(trial, alpha, f0, gradient=own,
                                                                     reuse=mode is not None)
         dout = (new_marg - marg).abs().amax(1)  # |f' - f|, as y = +-1
@@ -185,6 +215,9 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
             err = torch.where(torch.isfinite(err), err, torch.full_like(err, math.inf))
             ok = err <= 1
             new_dt = dt * torch.clamp(0.9 / err.clamp_min(1e-12), 1.0 / flow.shrink, flow.grow_max)
+            if mode == "implicit" and int(steps[0] + rejected[0]) % PROBE == 0:
+                on = implicit_pays(net, trial, ctx, g, g_s, coef, loss_coefficients(loss, marg, y, alpha)[0],
+                                   slopes, on)
         if mode is not None:  # the accepted points' coefficients, for the step size they will be tried with
             accepted = torch.nonzero(ok).flatten().tolist()
             plain = new_coef
@@ -193,7 +226,8 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
                 new_g = net.backward(trial, ctx, new_coef) if accepted else g
             if mode == "implicit" and len(accepted) < len(ok):  # the rejected ones' for their shorter step
                 again = torch.nonzero(~ok).flatten()
-                redo = torch.where(ok[:, None], coef, step_coefficients(params, None, marg, alpha, again.tolist(), new_dt))
+                redo = torch.where(ok[:, None], coef,
+                                   step_coefficients(params, None, marg, alpha, again.tolist(), new_dt))
                 again = torch.nonzero((redo != coef).any(1)).flatten()      # those whose coefficients changed
                 coef = redo
                 if len(again):
@@ -212,6 +246,7 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
             slopes = [torch.where(_rows(ok, v), a, v) for a, v in zip(net.slopes(ctx), slopes)]
         if trace is not None:
             trace({"members": list(idx), "dt": dt, "dout": dout, "dgrad": dgrad, "ok": ok,
+                   "implicit": on.clone() if mode == "implicit" else None,
                    "n_delta": (new_marg < 1).sum(1),
                    "crossed": (((marg - kink) * (new_marg - kink) <= 0) & (marg != new_marg)).sum(1)
                    if kink is not None else None})

@@ -41,7 +41,7 @@ def implicit_coefficients(net, params, ctx, x, y, margins, alpha, loss, scale: f
     ``members``; the plain ones elsewhere. ``scale``: :func:`curvature_scale` of the loss. ``net``: anything
     with :meth:`EnsembleNet.ntk_block` (a :class:`KernelCache`)."""
     coef, _ = loss_coefficients(loss, margins, y, alpha)
-    if scale <= 0:
+    if scale <= 0 or not members:
         return coef
     curv = loss_curvature(loss, margins)
     stiff = curv >= CURVATURE_CUT * scale

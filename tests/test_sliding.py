@@ -10,6 +10,7 @@ from scipy.optimize import lsq_linear
 
 from dlphase import AlphaModel, TorchData
 from dlphase.ensemble import EnsembleNet, ensemble_of
+from dlphase.plugins import ensemble_flow
 from dlphase.plugins.batched import loss_coefficients
 from dlphase.plugins.cnn import CNN
 from dlphase.plugins.fc import FC
@@ -185,3 +186,38 @@ def test_flow_with_cached_kernels_matches_fresh_kernels():
     assert 1 < counts[0].computed < len(counts) / 3                     # refreshed, but far less than every step
     f0, f1 = ends[0.0], ends[0.01]
     assert float((f1 - f0).abs().max()) < 0.01 * float(f0.abs().max())   # measured: 8.6e-4
+
+
+def test_implicit_pays_compares_coefficient_and_curvature_changes():
+    """The switch of the implicit rule, by hand: per member, |J'^T (c' - c)|^2 / |J'^T c_step - J^T c_step|^2
+    against SWITCH_ON and SWITCH_OFF, keeping the previous choice in between."""
+
+    class Linear:          # J'^T c = A' c with one 2 x 3 'Jacobian' per member (no slopes, context unused)
+        def __init__(self, jac):
+            self.jac = jac
+
+        def backward(self, params, ctx, dout, slopes=None, reuse=False):
+            return [torch.einsum("mij,mj->mi", self.jac, dout)]
+
+    jac_new = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]] * 3, dtype=torch.float64)
+    jac_old = jac_new * torch.tensor([0.9, 0.9, 0.99], dtype=torch.float64)[:, None, None]
+    plain = torch.tensor([[1.0, 0.0, 0.0]] * 3, dtype=torch.float64)       # c at the accepted point
+    own = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.1, 0.0], [1.0, 0.2, 0.0]], dtype=torch.float64)  # c'
+    step = plain                                                            # an explicit step
+    g = [torch.einsum("mij,mj->mi", jac_old, step)]
+    g_s = Linear(jac_new).backward(None, None, own)
+    # coefficient part |J'(c' - c)|^2 = 1, 0.01, 0.04; curvature part |(J' - J) c|^2 = 0.01, 0.01, 1e-4
+    on = torch.tensor([False, True, False])
+    got = ensemble_flow.implicit_pays(Linear(jac_new), None, None, g, g_s, step, plain, None, on)
+    assert got.tolist() == [True, False, True]          # ratios 100 (on), 1 (off), 400 (on)
+    between = torch.tensor([[1.0, 0.05, 0.0]] * 3, dtype=torch.float64)    # ratio 0.0025 / 0.01 = 0.25 ... 25
+    g_s = Linear(jac_new).backward(None, None, between)
+    got = ensemble_flow.implicit_pays(Linear(jac_new), None, None, g, g_s, step, plain, None,
+                                      torch.tensor([True, True, False]))
+    assert got.tolist() == [False, False, True]         # 0.25 (off), 0.25 (off), 25 (on)
+    mid = torch.tensor([[1.0, 0.05 ** 0.5, 0.0]] * 3, dtype=torch.float64)   # ratios 5, 5 (in between), 500
+    g_s = Linear(jac_new).backward(None, None, mid)
+    for before in (True, False):
+        got = ensemble_flow.implicit_pays(Linear(jac_new), None, None, g, g_s, step, plain, None,
+                                          torch.tensor([before, not before, False]))
+        assert got.tolist() == [before, not before, True]
