@@ -3,7 +3,9 @@ was computed: the robust step's sliding and implicit coefficients then take thei
 Theta_S,rest c_rest by indexing, instead of kernel products over the margins S at every step.
 
 A stale kernel only approximates the Jacobian of the implicit step (a W-method): the step stays first order,
-and its error check (dgrad against the trial point's own coefficients) sees any mismatch and shortens dt.
+and its error check (dgrad against the trial point's own coefficients) sees any mismatch and shortens dt. That
+costs steps wherever the margin modes are stiff and the kernel moves (swish at alpha_tilde = 1e3: 276 steps
+fresh, over 2991 with tol = 0.01), so ``kernel_refresh`` is off by default; it pays in the lazy regime.
 """
 
 from __future__ import annotations
