@@ -21,20 +21,20 @@ def fits(members: int, n: int, dtype: torch.dtype) -> bool:
     return members * n * n * torch.finfo(dtype).bits // 8 <= CACHE_BYTES
 
 
-class Anchored:
-    """A per-member quantity of the parameters (``compute(params) -> (M', ...)``), held per batch position and
-    recomputed for a member once |theta - theta_K| > ``tol`` |theta_K|, theta_K being its parameters when it
-    was last computed."""
+class KernelCache:
+    """Theta(x, x) (M, P, P) per batch position, recomputed for a member once |theta - theta_K| > ``tol`` |theta_K|,
+    theta_K being its parameters when its kernel was last computed. Has :meth:`EnsembleNet.ntk_block`'s
+    signature, so the coefficient rules take it in place of the net."""
 
-    def __init__(self, compute, tol: float):
-        self.compute, self.tol = compute, tol
-        self.value: torch.Tensor | None = None
+    def __init__(self, net, x, tol: float):
+        self.net, self.x, self.tol = net, x, tol
+        self.theta: torch.Tensor | None = None
         self.anchor: list[torch.Tensor] | None = None
-        self.fresh: torch.Tensor | None = None      # (M,) bool: the position holds a value
-        self.computed = 0                           # values computed, for studies of the integrator
+        self.fresh: torch.Tensor | None = None      # (M,) bool: the position holds a kernel
+        self.computed = 0                           # kernels computed, for studies of the integrator
 
     def get(self, params, wanted: torch.Tensor) -> torch.Tensor:
-        """The values (M, ...), fresh for the positions where ``wanted`` (M,) bool holds."""
+        """The kernels (M, P, P), fresh for the positions where ``wanted`` (M,) bool holds."""
         if self.anchor is None:
             self.anchor = [p.clone() for p in params]
             self.fresh = torch.zeros(len(params[0]), dtype=torch.bool, device=params[0].device)
@@ -43,31 +43,22 @@ class Anchored:
         stale = torch.nonzero(wanted & (~self.fresh | (d2 > self.tol ** 2 * n2))).flatten()
         if len(stale):
             with torch.no_grad():
-                new = self.compute([p.index_select(0, stale) for p in params])
-            if self.value is None:
-                self.value = new.new_empty((len(params[0]),) + new.shape[1:])
-            self.value[stale] = new
+                new = self.net.ntk([p.index_select(0, stale) for p in params], self.x)
+            if self.theta is None:
+                self.theta = new.new_empty((len(params[0]),) + new.shape[1:])
+            self.theta[stale] = new
             for a, p in zip(self.anchor, params):
                 a[stale] = p.index_select(0, stale)
             self.fresh[stale] = True
             self.computed += len(stale)
-        return self.value
+        return self.theta
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep the batch positions ``keep`` (the members still training), in that order."""
         if self.anchor is not None:
-            self.value = None if self.value is None else self.value.index_select(0, keep)
+            self.theta = None if self.theta is None else self.theta.index_select(0, keep)
             self.anchor = [a.index_select(0, keep) for a in self.anchor]
             self.fresh = self.fresh.index_select(0, keep)
-
-
-class KernelCache(Anchored):
-    """Theta(x, x) (M, P, P) per batch position, kept while the member's parameters stay within ``tol`` of
-    where it was computed. Has :meth:`EnsembleNet.ntk_block`'s signature, so the coefficient rules take it
-    in place of the net."""
-
-    def __init__(self, net, x, tol: float):
-        super().__init__(lambda params: net.ntk(params, x), tol)
 
     def ntk_block(self, params, x, rows, vectors, ctx=None):
         """As :meth:`EnsembleNet.ntk_block`, from the cached kernels, refreshing the drifted ones among ``rows``."""
