@@ -131,6 +131,20 @@ class EnsembleNet:
         leaves, out = ctx
         return list(torch.autograd.grad(out, leaves, dout, retain_graph=True))
 
+    def add_backward(self, params: Sequence[torch.Tensor], ctx: Any, g: Sequence[torch.Tensor], dout: torch.Tensor,
+                     rows: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+        """``g`` plus each member m's sum over mu in rows[m] of dout[m, mu] grad f~_m(x_mu); m's slice of ``g``
+        unchanged where rows[m] is None: the change of a gradient whose cotangent changed on a few points (the
+        robust step's coefficients). Generic: a whole :meth:`backward` of ``dout`` restricted to the rows;
+        architectures that keep per-sample gradients (fc) cost only the rows."""
+        mask = torch.zeros_like(dout, dtype=torch.bool)
+        for j, r in enumerate(rows):
+            if r is not None:
+                mask[j, r] = True
+        extra = self.backward(params, ctx, torch.where(mask, dout, torch.zeros_like(dout)))
+        some = mask.any(1)
+        return [torch.where(some.reshape((-1,) + (1,) * (a.dim() - 1)), a + b, a) for a, b in zip(g, extra)]
+
 
 #: On a CPU, a pass holds as many members as keep one activation tensor under this many numbers, and at
 #: most CPU_WIDE_MEMBERS members whose own activation already holds CPU_WIDE numbers (one such member

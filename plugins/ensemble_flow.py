@@ -38,7 +38,7 @@ import torch
 from dlphase import TrainResult
 from dlphase.ensemble import stacked
 
-from .batched import feed_checkpoints, loss_coefficients
+from .batched import feed_checkpoints, loss_coefficients, member_rows
 from .implicit import curvature_scale, implicit_coefficients
 from .kernel_cache import KernelCache, fits
 from .sliding import sliding_coefficients
@@ -222,8 +222,12 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
             accepted = torch.nonzero(ok).flatten().tolist()
             plain = new_coef
             new_coef = step_coefficients(trial, ctx, new_marg, alpha, accepted, new_dt)
-            if not own or bool(((new_coef != plain) & ok[:, None]).any()):  # else new_g is J'^T new_coef already
+            if not own:
                 new_g = net.backward(trial, ctx, new_coef) if accepted else g
+            else:  # new_g = J'^T plain: add J'^T (new_coef - plain) on the accepted members' changed margins
+                rows = member_rows((new_coef != plain) & ok[:, None], range(len(ok)))
+                if rows is not None:
+                    new_g = net.add_backward(trial, ctx, new_g, new_coef - plain, rows)
             if mode == "implicit" and len(accepted) < len(ok):  # the rejected ones' for their shorter step
                 again = torch.nonzero(~ok).flatten()
                 redo = torch.where(ok[:, None], coef,

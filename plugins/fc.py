@@ -187,6 +187,28 @@ class FCEnsemble(EnsembleNet):
                 gb[i] = delta.sum(1) * self.c_in
         return self.join(gw, gb if bs is not None else None)
 
+    def add_backward(self, params, ctx, g, dout, rows):
+        """As :meth:`EnsembleNet.add_backward`, from the per-sample gradients D_i of a unit cotangent, member by
+        member on its rows only: per layer k_i (dout D_i)[r]^T z_{i-1}[r], r = rows[m] (so |r| / n of a
+        backward's weight products, and a member's numbers do not depend on the batch)."""
+        ws, bs = self.layers(params)
+        units = self._unit_deltas(ws, ctx)
+        acts = ctx[0]
+        gw, gb = self.layers(list(g))
+        gw = [t.clone() for t in gw]
+        gb = [t.clone() for t in gb] if gb is not None else None
+        for j, r in enumerate(rows):
+            if r is None:
+                continue
+            d = dout[j, r, None]
+            for i in range(self.n_layers):
+                delta = units[i][j, r] * d
+                z = acts[i][r] if acts[i].dim() == 2 else acts[i][j, r]
+                gw[i][j] += (delta.T @ z) * self.k[i]
+                if gb is not None and i < self.n_layers - 1:
+                    gb[i][j] += delta.sum(0) * self.c_in
+        return self.join(gw, gb)
+
 
 class FCNet(torch.nn.Module):
     """L hidden layers of width h; inputs are flattened; output shape (n,)."""

@@ -43,6 +43,19 @@ def test_batched_kernels_match_autograd(arch):
                           generic.backward(params, ref_ctx, cotangent)):
             torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-14)
     assert "unit" in ctx2[2]
+    # add_backward: a cotangent change on a few rows per member (none for member 1), against the whole backward
+    rows = [torch.tensor([0, 3, 4]), None, torch.tensor([10])]
+    change = torch.randn_like(out)
+    on_rows = torch.zeros_like(change)
+    for j, r in enumerate(rows):
+        if r is not None:
+            on_rows[j, r] = change[j, r]
+    refs = generic.backward(params, ref_ctx, cot + on_rows)
+    for ens, c in ((fast, ctx2), (generic, ref_ctx)):
+        base = ens.backward(params, c, cot)
+        for g, b, ref in zip(ens.add_backward(params, c, base, change, rows), base, refs):
+            torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-14)
+            assert torch.equal(g[1], b[1])
     # frozen slopes equal to the pass's own give the same gradient (exactly for relu; the fused swish
     # backward rounds differently from the product with its slope)
     exact = arch.activation == "relu"
