@@ -11,7 +11,7 @@ The throughput runs use the plain explicit step (implicit = false), whose cost p
 With --converge it also trains a whole 16-seed ensemble to convergence at h = 100 for alpha_tilde = 2^-8
 and 2^20 (--exponents), with the robust rule's implicit coefficients on and off (--implicit), and prints
 the wall times (long on 2 cores: many minutes); --max-steps caps their trial steps, to compare the settings
-by the flow time they reach; --kernel-refresh sets gradient_flow.kernel_refresh (default 0).
+by the flow time they reach; --kernel-refresh sets gradient_flow.kernel_refresh (default: the spec's).
 Usage: python benchmarks/train.py [--converge] [--exponents -8,20] [--implicit both|true|false] [--max-steps N]
                                   [--kernel-refresh F]
                                   [--widths 10,30,100,300] [--device cpu|cuda]
@@ -26,12 +26,15 @@ import dlphase
 from dlphase.run import Run
 
 
-def spec_for(h, alpha_tilde, max_steps, device="cpu", implicit=False, kernel_refresh=0.0):
+def spec_for(h, alpha_tilde, max_steps, device="cpu", implicit=False, kernel_refresh=None):
+    dynamics = {"name": "gradient_flow", "loss": {"name": "soft_hinge", "beta": 20}, "max_steps": max_steps,
+                "implicit": implicit}
+    if kernel_refresh is not None:
+        dynamics["kernel_refresh"] = kernel_refresh
     return dlphase.Spec.from_dict({
         "dataset": {"name": "mnist", "pca": 10, "n_test": 1000},
         "architecture": {"name": "fc", "depth": 2, "activation": "swish"},
-        "dynamics": {"name": "gradient_flow", "loss": {"name": "soft_hinge", "beta": 20}, "max_steps": max_steps,
-                     "implicit": implicit, "kernel_refresh": kernel_refresh},
+        "dynamics": dynamics,
         "grid": {"h": [h], "alpha_tilde": [alpha_tilde], "P": [1000], "seed": list(range(16))},
         "run": {"device": device}})
 
@@ -86,7 +89,7 @@ def main():
     ap.add_argument("--exponents", default="-8,20", help="alpha_tilde = 2^e of the --converge ensembles")
     ap.add_argument("--implicit", default="both", choices=["both", "true", "false"])
     ap.add_argument("--max-steps", type=int, default=10 ** 7, help="trial-step budget of the --converge ensembles")
-    ap.add_argument("--kernel-refresh", type=float, default=0.0, help="gradient_flow.kernel_refresh of those")
+    ap.add_argument("--kernel-refresh", type=float, default=None, help="gradient_flow.kernel_refresh of those")
     args = ap.parse_args()
     P, d = 1000, 10
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, float64, "

@@ -214,6 +214,8 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
                                 (dgrad / flow.max_dgrad).sqrt().to(torch.float64))
             err = torch.where(torch.isfinite(err), err, torch.full_like(err, math.inf))
             ok = err <= 1
+            if cache is not None:
+                cache.check(ok, coef, new_out - out, dt)
             new_dt = dt * torch.clamp(0.9 / err.clamp_min(1e-12), 1.0 / flow.shrink, flow.grow_max)
             if mode == "implicit" and int(steps[0] + rejected[0]) % PROBE == 0:
                 on = implicit_pays(net, trial, ctx, g, g_s, coef, loss_coefficients(loss, marg, y, alpha)[0],

@@ -46,10 +46,10 @@ class GradientFlow(Batched):
                             validator=positive)
     implicit: bool = param(default=True, doc="robust rule, curved loss (soft hinge, ...): the loss coefficients of the "
                                              "stiff margins by linearly implicit Euler")
-    kernel_refresh: float = param(default=0.0, doc="robust rule, implicit or sliding coefficients: reuse a member's "
-                                                   "training-set NTK until its parameters move by this fraction of "
-                                                   "their norm (0: the kernel blocks afresh at every step; relu nets "
-                                                   "always); pays in the lazy regime only",
+    kernel_refresh: float = param(default=0.005, doc="robust rule, implicit or sliding coefficients: reuse a "
+                                                     "member's training-set NTK until it mispredicts a step's change "
+                                                     "of f~ by this fraction (0: the kernel blocks afresh at every "
+                                                     "step; relu nets always)",
                                   validator=non_negative)
     sliding_band: float = param(default=0.02, doc="robust rule, plain hinge: margins within this of the kink get "
                                                   "Filippov (sliding-mode) forces", validator=positive)

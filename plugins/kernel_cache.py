@@ -1,11 +1,12 @@
-"""Each member's training-set NTK Theta(x, x), kept across steps while its parameters stay close to where it
-was computed: the robust step's sliding and implicit coefficients then take their blocks Theta_SS and
-Theta_S,rest c_rest by indexing, instead of kernel products over the margins S at every step.
+"""Each member's training-set NTK Theta(x, x), kept across steps while it still predicts them: the robust step's
+sliding and implicit coefficients then take their blocks Theta_SS and Theta_S,rest c_rest by indexing, instead
+of kernel products over the margins S at every step.
 
 A stale kernel only approximates the Jacobian of the implicit step (a W-method): the step stays first order,
-and its error check (dgrad against the trial point's own coefficients) sees any mismatch and shortens dt. That
-costs steps wherever the margin modes are stiff and the kernel moves (swish at alpha_tilde = 1e3: 276 steps
-fresh, over 2991 with tol = 0.01), so ``kernel_refresh`` is off by default; it pays in the lazy regime.
+and its error check (dgrad against the trial point's own coefficients) sees any mismatch and shortens dt. So
+the cache checks each kernel against the steps it serves (KernelCache.check) and recomputes it once it
+mispredicts them: swish at alpha_tilde = 1e3 then takes 280 steps (276 with fresh blocks at every step; a
+rule on the parameters' drift took 815 with tol 0.001), and at 2^20 each member's first kernel lasts the run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import torch
 
 #: the largest cache, in bytes, M P^2 numbers; above it every step forms its blocks afresh
 CACHE_BYTES = 2 ** 31
+#: a member whose last kernel served fewer accepted steps forms its blocks afresh ...
+MIN_LIFE = 4
+#: ... and tries a whole kernel again after (MIN_LIFE - served) / RETRY such steps
+RETRY = 0.125
 
 
 def fits(members: int, n: int, dtype: torch.dtype) -> bool:
@@ -22,52 +27,86 @@ def fits(members: int, n: int, dtype: torch.dtype) -> bool:
 
 
 class KernelCache:
-    """Theta(x, x) (M, P, P) per batch position, recomputed for a member once |theta - theta_K| > ``tol`` |theta_K|,
-    theta_K being its parameters when its kernel was last computed. Has :meth:`EnsembleNet.ntk_block`'s
-    signature, so the coefficient rules take it in place of the net."""
+    """Theta(x, x) (M, P, P) per batch position, kept until a step it could have served mispredicts the change of
+    f~: a member's kernel is recomputed, when next asked for, after an accepted step theta' = theta - dt J^T c whose
+    f~' - f~ differs from the linear prediction -dt Theta c by more than ``tol`` of its norm (:meth:`check`). With
+    a fresh kernel that error is the step's own nonlinearity (about 1e-4 to 1e-3 for swish at alpha_tilde = 2^20
+    to 1e3); a stale one adds to it.
+
+    A whole kernel costs a few steps' blocks on the margins S, so a member whose last kernel served fewer than
+    :data:`MIN_LIFE` accepted steps (the feature regime, where the kernel moves every step or two) forms its
+    blocks afresh (``net.ntk_block``); each such step adds :data:`RETRY` to that count, so it tries a whole
+    kernel again some tens of steps later. Has :meth:`EnsembleNet.ntk_block`'s signature, so the coefficient
+    rules take it in place of the net."""
 
     def __init__(self, net, x, tol: float):
         self.net, self.x, self.tol = net, x, tol
         self.theta: torch.Tensor | None = None
-        self.anchor: list[torch.Tensor] | None = None
-        self.fresh: torch.Tensor | None = None      # (M,) bool: the position holds a kernel
+        self.fresh: torch.Tensor | None = None      # (M,) bool: the position holds a kernel still trusted
+        self.life: torch.Tensor | None = None       # (M,) accepted steps the kernel has served so far
+        self.last: torch.Tensor | None = None       # (M,) steps the previous one served (inf: none yet)
         self.computed = 0                           # kernels computed, for studies of the integrator
 
+    def _start(self, M: int, device) -> None:
+        if self.fresh is None:
+            self.fresh = torch.zeros(M, dtype=torch.bool, device=device)
+            self.life = torch.zeros(M, dtype=torch.float64, device=device)
+            self.last = torch.full((M,), torch.inf, dtype=torch.float64, device=device)
+
     def get(self, params, wanted: torch.Tensor) -> torch.Tensor:
-        """The kernels (M, P, P), fresh for the positions where ``wanted`` (M,) bool holds."""
-        if self.anchor is None:
-            self.anchor = [p.clone() for p in params]
-            self.fresh = torch.zeros(len(params[0]), dtype=torch.bool, device=params[0].device)
-        d2 = sum((p - a).reshape(len(p), -1).square().sum(1) for p, a in zip(params, self.anchor))
-        n2 = sum(a.reshape(len(a), -1).square().sum(1) for a in self.anchor)
-        stale = torch.nonzero(wanted & (~self.fresh | (d2 > self.tol ** 2 * n2))).flatten()
+        """The kernels (M, P, P), recomputed at ``params`` for the positions where ``wanted`` (M,) bool holds and
+        the kernel is missing or stale."""
+        self._start(len(params[0]), params[0].device)
+        stale = torch.nonzero(wanted & ~self.fresh).flatten()
         if len(stale):
             with torch.no_grad():
                 new = self.net.ntk([p.index_select(0, stale) for p in params], self.x)
             if self.theta is None:
                 self.theta = new.new_empty((len(params[0]),) + new.shape[1:])
             self.theta[stale] = new
-            for a, p in zip(self.anchor, params):
-                a[stale] = p.index_select(0, stale)
             self.fresh[stale] = True
+            self.life[stale] = 0.0
             self.computed += len(stale)
         return self.theta
 
+    def check(self, accepted: torch.Tensor, coef: torch.Tensor, change: torch.Tensor, dt: torch.Tensor) -> None:
+        """After a trial step of length ``dt`` (M,) with loss coefficients ``coef`` (M, P) that changed f~ by
+        ``change`` (M, P): mark stale the ``accepted`` (M,) bool positions whose kernel mispredicts the change,
+        |change + dt Theta c| > tol |change|."""
+        if self.fresh is None:
+            return
+        for j in torch.nonzero(accepted & self.fresh).flatten().tolist():   # (an mv each: no copy of the kernels)
+            miss = change[j] + dt[j].to(coef.dtype) * torch.mv(self.theta[j], coef[j])
+            if bool(miss.norm() > self.tol * change[j].norm()):
+                self.fresh[j] = False
+                self.last[j] = self.life[j]
+            else:
+                self.life[j] += 1
+
     def select(self, keep: torch.Tensor) -> None:
         """Keep the batch positions ``keep`` (the members still training), in that order."""
-        if self.anchor is not None:
+        if self.fresh is not None:
             self.theta = None if self.theta is None else self.theta.index_select(0, keep)
-            self.anchor = [a.index_select(0, keep) for a in self.anchor]
-            self.fresh = self.fresh.index_select(0, keep)
+            self.fresh, self.life, self.last = (v.index_select(0, keep) for v in (self.fresh, self.life, self.last))
 
     def ntk_block(self, params, x, rows, vectors, ctx=None):
-        """As :meth:`EnsembleNet.ntk_block`, from the cached kernels, refreshing the drifted ones among ``rows``."""
-        theta = self.get(params, torch.tensor([r is not None for r in rows], dtype=torch.bool, device=x.device))
+        """As :meth:`EnsembleNet.ntk_block`: from the cached kernels, computing the missing or stale ones that pay
+        (:data:`MIN_LIFE`), and from ``net.ntk_block`` for the others."""
+        self._start(len(rows), x.device)
+        asked = [r is not None for r in rows]
+        fresh, last = self.fresh.tolist(), self.last.tolist()
+        whole = [a and (fresh[j] or last[j] >= MIN_LIFE) for j, a in enumerate(asked)]
+        direct = [r if a and not w else None for r, a, w in zip(rows, asked, whole)]
+        theta = self.get(params, torch.tensor(whole, dtype=torch.bool, device=x.device)) if any(whole) else None
+        blocks = (self.net.ntk_block(params, x, direct, vectors, ctx) if any(r is not None for r in direct)
+                  else [None] * len(rows))
         out = []
         for j, r in enumerate(rows):
-            if r is None:
-                out.append(None)
-                continue
-            th = theta[j]
-            out.append((th[r[:, None], r], torch.mv(th, vectors[j]).index_select(0, r)))
+            if whole[j]:
+                th = theta[j]
+                out.append((th[r[:, None], r], torch.mv(th, vectors[j]).index_select(0, r)))
+            else:
+                out.append(blocks[j])
+                if r is not None:
+                    self.last[j] += RETRY
         return out

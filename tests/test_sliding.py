@@ -16,6 +16,7 @@ from dlphase.plugins.cnn import CNN
 from dlphase.plugins.fc import FC
 from dlphase.plugins.gradient_flow import GradientFlow
 from dlphase.plugins.implicit import curvature_scale, implicit_coefficients, loss_curvature
+from dlphase.plugins import kernel_cache
 from dlphase.plugins.kernel_cache import KernelCache
 from dlphase.plugins.losses import MSE, Hinge, SoftHinge
 from dlphase.plugins.mean_field import MeanField
@@ -125,9 +126,11 @@ def test_implicit_coefficients_are_backward_euler():
     torch.testing.assert_close(cached, c, rtol=1e-10, atol=1e-12)
 
 
-def test_kernel_cache_keeps_kernels_until_the_parameters_drift():
-    """The cached blocks are torch.func's NTK blocks at the parameters where each member's kernel was computed,
-    recomputed only for members asked for whose parameters moved by more than tol of their norm."""
+def test_kernel_cache_keeps_kernels_until_a_step_is_mispredicted():
+    """The cached blocks are torch.func's NTK blocks at the parameters where each member's kernel was computed;
+    a kernel is kept while the accepted steps' f~ changes match -dt Theta c to tol, recomputed when asked for
+    after one does not, and a member whose kernel served fewer than MIN_LIFE steps gets fresh blocks from the net
+    until RETRY has added up to MIN_LIFE."""
     x = torch.randn(11, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     nets = [FC(depth=2, activation="swish").build(6, (5,), torch.Generator().manual_seed(s)) for s in range(3)]
     net = ensemble_of(nets)
@@ -135,6 +138,9 @@ def test_kernel_cache_keeps_kernels_until_the_parameters_drift():
     cache = KernelCache(net, x, tol=0.05)
     rows = [torch.tensor([3, 0, 7]), None, torch.tensor([10, 2])]
     v = torch.randn(3, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    c = torch.randn(3, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    dt = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+    both = torch.tensor([True, True, True])
 
     def check(got, p):
         full = EnsembleNet(nets).ntk(p, x)
@@ -146,33 +152,52 @@ def test_kernel_cache_keeps_kernels_until_the_parameters_drift():
 
     check(cache.ntk_block(params, x, rows, v), params)
     assert cache.computed == 2                               # member 1 was not asked for
-    near = [p * 1.03 for p in params]                        # drift 0.03 < tol: the kernels at params
-    check(cache.ntk_block(near, x, rows, v), params)
+    theta = EnsembleNet(nets).ntk(params, x)
+    exact = -dt[:, None] * torch.einsum("mij,mj->mi", theta, c)
+    for _ in range(kernel_cache.MIN_LIFE):                   # predicted to 3%: kept, at the old parameters
+        cache.check(both, c, exact * (1 + 0.03 * torch.linspace(-1, 1, 11, dtype=torch.float64)), dt)
+    far = [p * 1.08 for p in params]
+    check(cache.ntk_block(far, x, rows, v), params)
     assert cache.computed == 2
-    far = [p * 1.08 for p in params]                         # drift 0.08 > tol: recomputed at far
-    check(cache.ntk_block(far, x, rows, v), far)
+    wrong = exact.clone()
+    wrong[2] *= 1.2                                          # member 2 mispredicted by 20%: recomputed at far
+    cache.check(torch.tensor([True, True, False]), c, wrong, dt)   # (not for a rejected step)
+    check(cache.ntk_block(far, x, rows, v), params)
+    cache.check(both, c, wrong, dt)
+    got = cache.ntk_block(far, x, rows, v)
+    assert cache.computed == 3
+    torch.testing.assert_close(got[0][0], theta[0][rows[0]][:, rows[0]], rtol=1e-10, atol=1e-12)
+    full_far = EnsembleNet(nets).ntk(far, x)
+    torch.testing.assert_close(got[2][0], full_far[2][rows[2]][:, rows[2]], rtol=1e-10, atol=1e-12)
+    # member 2's new kernel is mispredicted at once (it served no step): fresh blocks from the net, no kernel
+    cache.check(both, c, wrong, dt)
+    calls = round(kernel_cache.MIN_LIFE / kernel_cache.RETRY)
+    for _ in range(calls):
+        got = cache.ntk_block(far, x, rows, v)
+        torch.testing.assert_close(got[2][0], full_far[2][rows[2]][:, rows[2]], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got[2][1], full_far[2][rows[2]] @ v[2], rtol=1e-10, atol=1e-12)
+    assert cache.computed == 3
+    cache.ntk_block(far, x, rows, v)                         # tried again
     assert cache.computed == 4
     keep = torch.tensor([2, 0])                              # members leave the batch: positions follow
     cache.select(keep)
     rows = [rows[2], rows[0]]
-    moved = [p.index_select(0, keep) for p in far]
-    got = cache.ntk_block(moved, x, rows, v.index_select(0, keep))
-    full = EnsembleNet(nets).ntk(far, x)
-    torch.testing.assert_close(got[0][0], full[2][rows[0]][:, rows[0]], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(got[1][0], full[0][rows[1]][:, rows[1]], rtol=1e-10, atol=1e-12)
+    got = cache.ntk_block([p.index_select(0, keep) for p in far], x, rows, v.index_select(0, keep))
+    torch.testing.assert_close(got[0][0], full_far[2][rows[0]][:, rows[0]], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got[1][0], theta[0][rows[1]][:, rows[1]], rtol=1e-10, atol=1e-12)
     assert cache.computed == 4
 
 
 def test_flow_with_cached_kernels_matches_fresh_kernels():
-    """The implicit rule with kernels reused until the parameters drift (the default) ends where it ends with the
-    blocks formed at every step, to the integrator's tolerance; the cache is used and refreshed."""
+    """The implicit rule with kernels reused until they mispredict a step (the default) ends where it ends with
+    the blocks formed at every step, to the integrator's tolerance; the cache is used and refreshed."""
     rng = np.random.default_rng(4)
     x = torch.as_tensor(rng.standard_normal((70, 5)))
     y = torch.as_tensor(np.where(x[:, 0] + 0.5 * x[:, 1] ** 2 > 0.3, 1.0, -1.0))
     data = TorchData(x_train=x[:40], y_train=y[:40], x_test=x[40:], y_test=y[40:])
     counts = []
     ends = {}
-    for refresh in (0.0, 0.01):
+    for refresh in (0.0, GradientFlow().kernel_refresh):
         model = AlphaModel(FC(activation="swish").build(16, (5,), torch.Generator().manual_seed(0)), 100.0 / 4)
         flow = GradientFlow(loss=SoftHinge(), kernel_refresh=refresh, max_steps=5000)
         original = KernelCache.ntk_block
@@ -184,8 +209,8 @@ def test_flow_with_cached_kernels_matches_fresh_kernels():
             ends[refresh] = model(data.x_test)
     assert len(counts) > 10 and len({id(c) for c in counts}) == 1       # one cache, in the run with refresh > 0
     assert 1 < counts[0].computed < len(counts) / 3                     # refreshed, but far less than every step
-    f0, f1 = ends[0.0], ends[0.01]
-    assert float((f1 - f0).abs().max()) < 0.01 * float(f0.abs().max())   # measured: 8.6e-4
+    f0, f1 = ends[0.0], ends[GradientFlow().kernel_refresh]
+    assert float((f1 - f0).abs().max()) < 0.01 * float(f0.abs().max())   # measured: 3.0e-4
 
 
 def test_implicit_pays_compares_coefficient_and_curvature_changes():
