@@ -109,8 +109,8 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
     scale = curvature_scale(loss, x.dtype, x.device) if robust and kink is None and flow.implicit else 0.0
     mode = "sliding" if robust and kink is not None else "implicit" if scale > 0 else None
     weights = (marg < kink).to(marg.dtype) if mode == "sliding" else None
-    # their kernel blocks: from each member's cached Theta(x, x) while its parameters stay near (kernel_cache.py);
-    # relu nets form them afresh, as their kernel jumps when units cross their kinks, which no drift bounds
+    # their kernel blocks: from each member's cached Theta(x, x) while it predicts the accepted steps
+    # (kernel_cache.py); relu nets form them afresh, as their kernel jumps when units cross their kinks
     cache = (KernelCache(net, x, flow.kernel_refresh) if mode is not None and flow.kernel_refresh > 0
              and not net.kinked and fits(M, len(x), x.dtype) else None)
     blocks = cache if cache is not None else net

@@ -57,7 +57,7 @@ def test_ntk_change_crosses_one_between_lazy_and_feature(tmp_path):
     ("relu", "soft_hinge", 1e-2, 60000)])
 def test_kinks_converge(activation, loss, alpha_tilde, max_steps):
     """The robust rule through kinks at the reference point: the plain hinge slides on its kink (10348 steps
-    at 1e-2, where the soft hinge takes about 13000), and relu units' kinks do not stall the flow (with the
+    at 1e-2, where the soft hinge takes 12220), and relu units' kinks do not stall the flow (with the
     soft hinge's implicit coefficients: 439 steps at 1e3, 26788 at 1e-2, about 9 minutes). The reference
     rule stalls on both (SCIENCE.md section 2)."""
     spec = dlphase.load_spec(SPEC, [f"grid.alpha_tilde={alpha_tilde}", f"architecture.activation={activation}",
