@@ -157,7 +157,8 @@ def train_ensemble(flow, models, data, monitors, trace=None) -> list[TrainResult
         elapsed = time.perf_counter() - start
         finite = torch.isfinite(out).all(1) & torch.isfinite(gnorm2)
         rules = common_rules(flow, finite, marg, steps + rejected, t, elapsed, [trackers[m] for m in idx]) + [
-            (dt < flow.min_dt, "budget", lambda j: f"stalled: dt = {float(dt[j]):.3g} fell below min_dt = {flow.min_dt:g}"),
+            (dt < flow.min_dt, "budget",
+             lambda j: f"stalled: dt = {float(dt[j]):.3g} fell below min_dt = {flow.min_dt:g}"),
             (gnorm2 == 0, "budget", lambda j: "stalled: zero gradient with unsatisfied margins"),
         ]
         stopped = stops(rules)

@@ -129,12 +129,19 @@ def _active_terms(model, x: torch.Tensor, y: torch.Tensor, energy: str, loss) ->
             "a": alpha ** 2 * w * d2[idx], "c": alpha * w * d1[idx] * y[idx]}
 
 
+def _curvature(model, x: torch.Tensor, terms: dict):
+    """The net's closed-form curvature on the active points (fc_hessian.py), or None for a net without one;
+    built once per ``terms`` and kept there, as the Lanczos path needs it for both J and the products."""
+    if "closed" not in terms:
+        terms["closed"] = model.net.curvature(x[terms["idx"]]) if hasattr(model.net, "curvature") else None
+    return terms["closed"]
+
+
 def _jacobian(model, x: torch.Tensor, terms: dict):
     """J, the per-sample gradients of f~ on the active points (closed form where the net has one), and the
     net's closed-form curvature or None."""
-    idx = terms["idx"]
-    closed = model.net.curvature(x[idx]) if hasattr(model.net, "curvature") else None
-    j = closed.jacobian() if closed is not None else per_sample_gradients(terms["f"], terms["theta"], x[idx])
+    closed = _curvature(model, x, terms)
+    j = closed.jacobian() if closed is not None else per_sample_gradients(terms["f"], terms["theta"], x[terms["idx"]])
     return j, closed
 
 
@@ -179,8 +186,8 @@ def operators(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadratic_
 
     terms = terms or _active_terms(model, x, y, energy, loss)
     theta, f, idx, a, c = terms["theta"], terms["f"], terms["idx"], terms["a"], terms["c"]
-    if hasattr(model.net, "curvature"):
-        closed = model.net.curvature(x[idx])
+    closed = _curvature(model, x, terms)
+    if closed is not None:
         return {"H0": closed.products(a, 0), "Hp": closed.products(0, c), "H": closed.products(a, c)}, theta
     xs, alpha, w, l_fn, f0 = x[idx], model.alpha, terms["w"], terms["l"], terms["f0"]
 

@@ -16,7 +16,8 @@ the bend of swish (width 1/10) is resolved: the error falls exponentially, about
 Past about 150k pairs the expectations are interpolated instead from a table over (log q, log q', theta =
 arccos c) built by the same quadrature (Chebyshev in log q, cubic in theta; within 1e-5 of the direct
 quadrature in the tests): 1000 points take about 20 s for swish at depth 2, against about 250 s for every
-pair integrated. These are the limits, as h -> infinity, of the empirical NTK of f~ (the kernel of ``ntk``) and of the covariance of f~ over initialisations.
+pair integrated. These are the limits, as h -> infinity, of the empirical NTK of f~ (the kernel of ``ntk``)
+and of the covariance of f~ over initialisations.
 """
 
 from __future__ import annotations

@@ -144,13 +144,19 @@ def _tiny_spec(h, alpha_tilde, P, max_steps):
     return raw, {"h": h, "alpha_tilde": alpha_tilde, "P": P, "seed": 0}
 
 
-def test_hessian_spectrum_uses_lanczos_above_max_dense():
+def test_hessian_spectrum_uses_lanczos_above_max_dense(monkeypatch):
+    """Top and bottom eigenvalues by Lanczos equal the dense spectrum's; the fc curvature is built once."""
     import dlphase
+    from dlphase.plugins.fc import FCNet
 
     raw, point = _tiny_spec(h=5, alpha_tilde=1.0, P=30, max_steps=100)
     dense = execute(dlphase.specs.build_spec(raw), point)
     raw["observables"]["hessian_spectrum"] = {"max_dense": 10, "k": 4, "slq_probes": 2, "slq_steps": 10}
+    builds = []
+    original = FCNet.curvature
+    monkeypatch.setattr(FCNet, "curvature", lambda self, x: builds.append(len(x)) or original(self, x))
     sparse = execute(dlphase.specs.build_spec(raw), point)
+    assert len(builds) == 1
     assert "hess_eig_h" not in sparse and sparse["hess_slq_nodes_h"].shape == (2, 10)
     for key in ("h", "h0", "hp"):
         eig = dense[f"hess_eig_{key}"].values
