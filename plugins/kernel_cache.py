@@ -75,13 +75,17 @@ class KernelCache:
         |change + dt Theta c| > tol |change|."""
         if self.fresh is None:
             return
-        for j in torch.nonzero(accepted & self.fresh).flatten().tolist():   # (an mv each: no copy of the kernels)
-            miss = change[j] + dt[j].to(coef.dtype) * torch.mv(self.theta[j], coef[j])
-            if bool(miss.norm() > self.tol * change[j].norm()):
-                self.fresh[j] = False
-                self.last[j] = self.life[j]
-            else:
-                self.life[j] += 1
+        pos = torch.nonzero(accepted & self.fresh).flatten()
+        if not len(pos):
+            return
+        # an mv each (a batched product would copy the kernels), then one comparison for all: no per-member sync
+        miss = torch.stack([(change[j] + dt[j].to(coef.dtype) * torch.mv(self.theta[j], coef[j])).norm()
+                            for j in pos.tolist()])
+        off = miss > self.tol * change.index_select(0, pos).norm(dim=1)
+        stale, kept = pos[off], pos[~off]
+        self.fresh[stale] = False
+        self.last[stale] = self.life[stale]
+        self.life[kept] += 1
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep the batch positions ``keep`` (the members still training), in that order."""
