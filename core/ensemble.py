@@ -4,7 +4,9 @@
 dim M. ``forward`` gives the outputs f~ of every member, shape (M, n); ``backward`` gives, for
 output cotangents dout (M, n), every member's gradient sum_mu dout[m, mu] grad f~_m(x_mu). Each
 member's numbers depend only on its own parameters, so a member trained in an ensemble follows the
-same trajectory as alone (a single run is an ensemble of one).
+same trajectory as alone (a single run is an ensemble of one), to rounding: torch's vectorised kernels
+round a member's slice differently where the batch's shape moves a tensor's tail or a thread's chunk edge
+(docs/reproducibility.md).
 
 The generic class works for any module through torch.func.vmap; architectures give faster ones by
 setting ``ensemble_class`` on their module class (see ``dlphase.plugins.fc``).

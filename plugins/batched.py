@@ -15,7 +15,7 @@ from .stopping import Budgeted, value_at
 @attrs.frozen(kw_only=True)
 class Batched(Budgeted):
     """A dynamics whose runs train as batched ensembles. A single run is an ensemble of one through the
-    same code, so a member ends where it ends alone."""
+    same code, so a member ends where it ends alone (to rounding: docs/reproducibility.md)."""
 
     def train_pass(self, models, data, monitors) -> list:
         """Train ``models`` (one architecture and width) in place as one batched pass; their results."""

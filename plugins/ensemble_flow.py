@@ -2,8 +2,9 @@
 
 Members share the architecture, h and the training data; each keeps its own alpha, time step, stop
 rule, status and trajectory. A member that stops leaves the batch, so it costs nothing afterwards.
-A single run is an ensemble of one through the same code, so a member gives the same numbers in an
-ensemble as alone (every batched operation acts on each member's own slice).
+A single run is an ensemble of one through the same code, so a member follows the same trajectory in an
+ensemble as alone (every batched operation acts on each member's own slice), to rounding; where rounding
+flips a step's acceptance, the two runs end within the integrator's error (docs/reproducibility.md).
 
 Two acceptance rules (SCIENCE.md section 2):
 
