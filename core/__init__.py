@@ -10,6 +10,7 @@ from .interfaces import (Analysis, Architecture, Data, Dataset, Dynamics, Loss, 
                          Variable)
 from .results import TrainResult
 from .specs import GRID_DIMS, Grid, RunOptions, Spec, load_spec, param
+from .early_stopping import EarlyStopping
 from .manager import PluginManager, get_manager
 from .model import AlphaModel, alpha_of
 from .run import Run
@@ -17,8 +18,8 @@ from .sweep import sweep
 from .cube import open_cube
 
 __all__ = [
-    "AlphaModel", "Analysis", "Architecture", "Data", "DataError", "Dataset", "DlphaseError", "Dynamics", "GRID_DIMS",
-    "Grid", "Loss", "Observable", "PluginError", "PluginManager", "Run", "RunOptions", "RunState", "Spec",
+    "AlphaModel", "Analysis", "Architecture", "Data", "DataError", "Dataset", "DlphaseError", "Dynamics",
+    "EarlyStopping", "GRID_DIMS", "Grid", "Loss", "Observable", "PluginError", "PluginManager", "Run", "RunOptions", "RunState", "Spec",
     "SpecError", "TorchData", "TrainResult", "Variable", "alpha_of", "get_manager", "hookimpl", "load_spec",
     "open_cube", "param", "sweep",
 ]

@@ -14,6 +14,7 @@ import attrs
 import numpy as np
 import torch
 
+from .errors import DataError
 from .specs import param, positive
 
 
@@ -32,7 +33,20 @@ class EarlyStopping:
     restore_best: bool = param(default=True, doc="give the run back the parameters of its best checkpoint")
 
     def tracker(self, f0_val: torch.Tensor, y_val: torch.Tensor, alpha: float, loss) -> "Tracker":
+        """A run's tracker from f~0 on the validation points (for batched dynamics, which evaluate them)."""
         return Tracker(self, f0_val, y_val, alpha, loss)
+
+    def watch(self, model, data, loss) -> "Tracker":
+        """The tracker of ``model`` (an AlphaModel) on ``data``'s validation points, which it evaluates itself
+        (:meth:`Tracker.observe`)."""
+        if data.x_val is None:
+            raise DataError("early stopping needs validation points but the data has none; load it through "
+                            "dlphase.Run, which holds out dynamics.early_stopping.n_validation points")
+        with torch.no_grad():
+            f0_val = model.net0(data.x_val)
+        tracker = self.tracker(f0_val, data.y_val, model.alpha, loss)
+        tracker.x_val = data.x_val
+        return tracker
 
 
 class Tracker:
@@ -47,6 +61,7 @@ class Tracker:
         self.best_params: list[torch.Tensor] | None = None
         self.waited = 0
         self.stopped = False
+        self.x_val: torch.Tensor | None = None   # set by EarlyStopping.watch
 
     def next_time(self) -> float:
         return self.spec.t_min * 10.0 ** (self.k / self.spec.per_decade)
@@ -77,6 +92,24 @@ class Tracker:
             self.k += 1
         self.stopped = self.waited >= self.spec.patience
         return self.stopped
+
+    def observe(self, model, t: float, steps: int) -> bool:
+        """For a tracker from :meth:`EarlyStopping.watch`: evaluate ``model`` if a checkpoint is due at t; True
+        when the run must stop."""
+        if self.due(t):
+            with torch.no_grad():
+                self.update(t, steps, model.net(self.x_val), list(model.net.parameters()))
+        return self.stopped
+
+    def restore(self, model, steps: int, t: float) -> tuple[int, float]:
+        """At the stop: give ``model`` the best checkpoint's parameters (with ``restore_best``); the steps and t
+        of the state it is left in."""
+        if not self.spec.restore_best or self.best_params is None:
+            return steps, t
+        with torch.no_grad():
+            for p, best in zip(model.net.parameters(), self.best_params):
+                p.copy_(best)
+        return self.best_steps, self.best_t
 
     def message(self, t: float) -> str:
         what = f"validation {self.spec.metric}"

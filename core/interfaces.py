@@ -162,20 +162,45 @@ class Loss(Component):
 
 
 class Dynamics(Component):
-    """A training algorithm: moves the parameters of an :class:`AlphaModel` to minimise L / alpha^2."""
+    """A training algorithm: moves the parameters of an :class:`AlphaModel` to minimise L / alpha^2.
+
+    Everything the sweep asks of a dynamics is here. It must implement :meth:`train`; it may declare an
+    ``early_stopping`` field (an :class:`dlphase.EarlyStopping` or None) to offer early stopping, and
+    override :meth:`train_ensemble` with a batched path (setting ``batched``).
+    """
 
     kind = "dynamics"
     loss: Loss
+    #: whether :meth:`train_ensemble` trains its members as one batched computation; the sweep then trains the
+    #: runs that share h and P together (``run.ensemble``). False: one run at a time.
+    batched: ClassVar[bool] = False
+    #: whether :meth:`train` feeds its ``monitor`` (the ``trajectory`` observable needs it)
+    records_checkpoints: ClassVar[bool] = True
+    #: early stopping on held-out validation points, or None. A dynamics that offers it declares an attrs field of
+    #: this name; the run then holds ``n_validation`` points out of the training data (``data.x_val``).
+    early_stopping: ClassVar[Any] = None
 
     def check(self, architecture: "Architecture", dataset: "Dataset") -> None:
         """Raise ValueError if this dynamics cannot train the architecture on the dataset (checked with the spec)."""
 
     @abc.abstractmethod
     def train(self, model: "AlphaModel", data: TorchData, monitor=None) -> "TrainResult":
-        """Train ``model`` in place on ``data``; say why and when it stopped. ``monitor``
-        (:class:`dlphase.trajectory.Monitor`, or None) wants ``start(model, data)`` before the first
-        step and ``observe(model, data, t, f_train, loss)`` after each (it records only when a
-        checkpoint is due)."""
+        """Train ``model`` in place on ``data`` (f = ``model(x)`` = alpha (f~ - f~0); the objective is
+        mean l(y f) / alpha^2) and say why and when it stopped: a :class:`dlphase.TrainResult` with status
+        ``converged`` (every y f >= 1), ``early_stopped``, ``budget`` or ``diverged``, the steps and the time t.
+
+        Callbacks: ``monitor`` (:class:`dlphase.trajectory.Monitor`, or None) wants ``start(model, data)``
+        before the first step and ``observe(model, data, t, f_train, loss)`` at every accepted state (it
+        records only when a checkpoint is due). With ``early_stopping``, ``tracker =
+        self.early_stopping.watch(model, data, self.loss)``; ``tracker.observe(model, t, steps)`` at every
+        accepted state says when to stop, and ``tracker.restore(model, steps, t)`` then gives the steps and t
+        of the state the model is left in."""
+
+    def train_ensemble(self, models: "list[AlphaModel]", data: TorchData, monitors=None) -> "list[TrainResult]":
+        """Train ``models`` (one architecture and width, each with its own alpha and seed) on ``data``; their
+        results in order. This default trains them one by one with :meth:`train`."""
+        monitors = list(monitors) if monitors is not None else [None] * len(models)
+        return [self.train(m, data, mon) for m, mon in zip(models, monitors)]
 
 
 @attrs.frozen(kw_only=True)
@@ -204,6 +229,11 @@ class Observable(Component):
 
     def check(self, dataset: "Dataset") -> None:
         """Raise ValueError if this observable cannot measure runs on the dataset (checked with the spec)."""
+
+    def checkpoints(self) -> "np.ndarray | None":
+        """The flow times at which the dynamics' monitor records the run (the ``trajectory`` observable), or None;
+        one observable of a spec at most sets them."""
+        return None
 
     def needs_snapshots(self) -> bool:
         """Whether it measures the net at every trajectory checkpoint (the monitor then keeps the parameters

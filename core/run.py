@@ -58,7 +58,7 @@ class Run:
         self.device = torch.device(spec.run.device)
         self.id = spec.run_id(self.point)
         self.result: TrainResult | None = None
-        times = [obs.checkpoints() for obs in spec.observables if hasattr(obs, "checkpoints")]
+        times = [t for t in (obs.checkpoints() for obs in spec.observables) if t is not None]
         keep = any(obs.needs_snapshots() for obs in spec.observables)
         self.monitor = Monitor(times[0], keep_params=keep) if times else None
 
@@ -167,7 +167,7 @@ def _members_per_batch(h: int, P: int) -> int:
 
 def groups(spec: Spec, points: list[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
     """Batches of points that can train as one ensemble: same h and P (every seed and alpha_tilde)."""
-    if not spec.run.ensemble or not hasattr(spec.dynamics, "train_ensemble"):
+    if not spec.run.ensemble or not spec.dynamics.batched:
         return [[p] for p in points]
     by_key: dict[tuple, list] = {}
     for p in points:

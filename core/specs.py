@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import itertools
 import json
 import math
@@ -329,16 +328,16 @@ def build_spec(raw: Mapping[str, Any], manager: PluginManager | None = None) -> 
             obs.check(dataset)
         except ValueError as exc:
             raise SpecError(f"observables.{obs.name}: {exc}") from None
-    tracked = [o.name for o in observables if hasattr(o, "checkpoints")]
+    tracked = [o.name for o in observables if o.checkpoints() is not None]
     snapshots = [o.name for o in observables if o.needs_snapshots()]
     if snapshots and not tracked:
         raise SpecError(f"observable {snapshots[0]!r} measures the net along the flow, at the checkpoints of the "
                         f"trajectory observable; add 'trajectory' to observables.names")
     if len(tracked) > 1:
         raise SpecError(f"observables {tracked} each set checkpoints; keep one of them")
-    if tracked and "monitor" not in inspect.signature(dynamics.train).parameters:
+    if tracked and not dynamics.records_checkpoints:
         raise SpecError(f"observable {tracked[0]!r} records along the flow, but dynamics {dynamics.name!r} "
-                        f"takes no monitor; drop {tracked[0]!r} or use a dynamics that records checkpoints")
+                        f"records no checkpoints; drop {tracked[0]!r} or use a dynamics that does")
     limit = dataset.max_train()
     held = validation_points(dynamics)
     if limit is not None and max(grid.P) + held > limit:
@@ -354,8 +353,7 @@ def build_spec(raw: Mapping[str, Any], manager: PluginManager | None = None) -> 
 
 def validation_points(dynamics: Dynamics) -> int:
     """Validation points the dynamics holds out for early stopping (0 without early stopping)."""
-    early = getattr(dynamics, "early_stopping", None)
-    return early.n_validation if early is not None else 0
+    return dynamics.early_stopping.n_validation if dynamics.early_stopping is not None else 0
 
 
 def _table(value, path):

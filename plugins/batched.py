@@ -4,6 +4,8 @@ member, and the feeding of trajectory monitors and early-stopping trackers at th
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import attrs
 import torch
 
@@ -16,6 +18,8 @@ from .stopping import Budgeted, value_at
 class Batched(Budgeted):
     """A dynamics whose runs train as batched ensembles. A single run is an ensemble of one through the
     same code, so a member ends where it ends alone (to rounding: docs/reproducibility.md)."""
+
+    batched: ClassVar[bool] = True
 
     def train_pass(self, models, data, monitors) -> list:
         """Train ``models`` (one architecture and width) in place as one batched pass; their results."""

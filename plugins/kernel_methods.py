@@ -42,6 +42,8 @@ def _optional_positive(instance, attribute, value):
 class KernelMethod(Dynamics):
     """The kernel and, for ``ntk_final``, how the net is trained first."""
 
+    records_checkpoints: ClassVar[bool] = False
+
     kernel: KernelName = param(default="ntk_init", doc="ntk_init, ntk_final, ntk_infinite, laplace or gaussian")
     bandwidth: float | None = param(default=None, doc="sigma of laplace and gaussian (default: the median "
                                                       "distance between training points)",
@@ -82,7 +84,7 @@ class KernelMethod(Dynamics):
         """Coefficients a (P,), intercept b and the result, from K on the training set."""
         raise NotImplementedError
 
-    def train(self, model, data):
+    def train(self, model, data, monitor=None):
         started = time.perf_counter()
         kernel, note = self.prepare(model, data)
         k_train = kernel(data.x_train)

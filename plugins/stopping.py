@@ -37,15 +37,7 @@ class Budgeted(Dynamics):
 
 def validation_tracker(dyn, model, data):
     """The run's early-stopping :class:`dlphase.early_stopping.Tracker`, or None without early stopping."""
-    early = getattr(dyn, "early_stopping", None)
-    if early is None:
-        return None
-    if data.x_val is None:
-        raise DataError("early stopping needs validation points but the data has none; load it through "
-                        "dlphase.Run, which holds out dynamics.early_stopping.n_validation points")
-    with torch.no_grad():
-        f0_val = model.net0(data.x_val)
-    return early.tracker(f0_val, data.y_val, model.alpha, dyn.loss)
+    return None if dyn.early_stopping is None else dyn.early_stopping.watch(model, data, dyn.loss)
 
 
 def finish_member(net, params, j, model, tracker, monitor, status: str, message: str, steps: int, t: float,

@@ -53,7 +53,7 @@ def test_trajectory_in_a_cube(tmp_path, tiny_spec):
 
 
 def test_trajectory_needs_a_recording_dynamics():
-    """A dynamics whose train() takes no monitor cannot feed the trajectory observable: a spec error."""
+    """A dynamics that declares records_checkpoints = False cannot feed the trajectory observable: a spec error."""
     import attrs
 
     from dlphase.plugins.stopping import Budgeted
@@ -61,14 +61,15 @@ def test_trajectory_needs_a_recording_dynamics():
     @attrs.frozen(kw_only=True)
     class Blind(Budgeted):
         name = "blind"
+        records_checkpoints = False
 
-        def train(self, model, data):
+        def train(self, model, data, monitor=None):
             raise AssertionError("never trained")
 
     m = PluginManager(entry_points=False)
     m.register(plugin_module("blind", register_dynamics=lambda register: register(Blind)), origin="test")
     raw = {"dynamics": {"name": "blind"}, "observables": {"names": ["errors", "trajectory"]},
            "grid": {"h": [4], "alpha_tilde": [1.0], "P": [50]}}
-    with pytest.raises(SpecError, match="takes no monitor"):
+    with pytest.raises(SpecError, match="records no checkpoints"):
         build_spec(raw, m)
     build_spec({**raw, "observables": {"names": ["errors"]}}, m)
