@@ -107,7 +107,7 @@ def test_bad_kernel_specs(dynamics, arch, match):
 def test_kernel_methods_take_no_trajectory():
     raw = {"dynamics": {"name": "svm"}, "observables": {"names": ["errors", "trajectory"]},
            "grid": {"h": [20], "alpha_tilde": [1.0], "P": [80]}}
-    with pytest.raises(SpecError, match="takes no monitor"):
+    with pytest.raises(SpecError, match="records no checkpoints"):
         build_spec(raw)
 
 
