@@ -9,7 +9,7 @@ from typing import ClassVar
 import attrs
 import torch
 
-from dlphase import DataError, Dynamics, Loss, TrainResult, param
+from dlphase import Dynamics, Loss, TrainResult, param
 from dlphase.early_stopping import EarlyStopping
 from dlphase.specs import positive
 

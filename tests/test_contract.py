@@ -3,6 +3,7 @@ installed through the entry point group ``dlphase``, sweeps from the command lin
 stopping and the NTK, and its numbers match a hand-written Adam loop."""
 
 import math
+import os
 import shutil
 
 import numpy as np
@@ -62,28 +63,21 @@ def package(tmp_path):
     return site
 
 
-def _cli(package, *args):
-    import os
-
+def _cli(package, monkeypatch, *args):
+    """The installed command line with ``package`` (and the repository, for ``tests``) on its PYTHONPATH."""
     old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(package), str(ROOT)] + ([old] if old else []))
-    try:
-        return run_cli(*args)
-    finally:
-        if old is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = old
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(package), str(ROOT)] + ([old] if old else [])))
+    return run_cli(*args)
 
 
-def test_third_party_dynamics_and_architecture_sweep_from_the_command_line(package, tmp_path):
-    listed = _cli(package, "plugins")
+def test_third_party_dynamics_and_architecture_sweep_from_the_command_line(package, tmp_path, monkeypatch):
+    listed = _cli(package, monkeypatch, "plugins")
     assert listed.returncode == 0, listed.stderr
     assert "adam" in listed.stdout and "plain" in listed.stdout and "dlphase-contract" in listed.stdout
     spec = tmp_path / "adam.toml"
     spec.write_text(SPEC.format(arch="plain", dynamics="adam", dynamics_extra=ADAM))
     out = tmp_path / "adam.nc"
-    done = _cli(package, "sweep", spec, "-o", out, "-q")
+    done = _cli(package, monkeypatch, "sweep", spec, "-o", out, "-q")
     assert done.returncode == 0, done.stderr
     cube = dlphase.open_cube(out)
     status = set(cube["status"].values.ravel().tolist())
@@ -94,7 +88,7 @@ def test_third_party_dynamics_and_architecture_sweep_from_the_command_line(packa
     # and the third-party architecture trains with the built-in gradient flow (generic batched and NTK paths)
     flow = tmp_path / "flow.toml"
     flow.write_text(SPEC.format(arch="plain", dynamics="gradient_flow", dynamics_extra="max_steps = 3000"))
-    done = _cli(package, "sweep", flow, "-o", tmp_path / "flow.nc", "-q")
+    done = _cli(package, monkeypatch, "sweep", flow, "-o", tmp_path / "flow.nc", "-q")
     assert done.returncode == 0, done.stderr
     flow_cube = dlphase.open_cube(tmp_path / "flow.nc")
     assert "converged" in set(flow_cube["status"].values.ravel()) <= {"converged", "budget"}
