@@ -13,6 +13,7 @@ from typing import Literal
 import attrs
 import numpy as np
 import torch
+from .model import rescaled
 
 from .errors import DataError
 from .specs import param, positive
@@ -71,7 +72,7 @@ class Tracker:
 
     def metric(self, out_val: torch.Tensor) -> float:
         """The metric from the raw net's output f~ on the validation points."""
-        margins = self.y_val * (self.alpha * (out_val - self.f0_val))
+        margins = self.y_val * rescaled(out_val, self.f0_val, self.alpha)
         if self.spec.metric == "error":
             return float((margins <= 0).double().mean())
         return float(self.loss(margins).double().mean())

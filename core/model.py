@@ -13,6 +13,14 @@ import math
 import torch
 
 
+def rescaled(f_tilde: torch.Tensor, f_tilde0: torch.Tensor, alpha) -> torch.Tensor:
+    """f = alpha (f~ - f~0): the one place the predictor is formed from the net's outputs. ``alpha`` is a
+    number, or one value per member (M,) for outputs (M, n)."""
+    if isinstance(alpha, torch.Tensor) and alpha.dim() == 1 and f_tilde.dim() > 1:
+        alpha = alpha.reshape((-1,) + (1,) * (f_tilde.dim() - 1))
+    return alpha * (f_tilde - f_tilde0)
+
+
 def alpha_of(alpha_tilde: float, h: int) -> float:
     """alpha = alpha_tilde / sqrt(h)."""
     return alpha_tilde / math.sqrt(h)
@@ -34,11 +42,11 @@ class AlphaModel(torch.nn.Module):
             return self.predictor(x)
         with torch.no_grad():
             f0 = self.net0(x)
-        return self.alpha * (self.net(x) - f0)
+        return rescaled(self.net(x), f0, self.alpha)
 
     def f_from(self, x: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
         """f on inputs whose initial outputs ``f0 = net0(x)`` were computed once beforehand."""
-        return self.alpha * (self.net(x) - f0)
+        return rescaled(self.net(x), f0, self.alpha)
 
     def n_params(self) -> int:
         """N, the number of trained parameters."""

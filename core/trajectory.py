@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import torch
+from .model import rescaled
 
 #: what a trajectory holds at each checkpoint
 QUANTITIES = ("t", "train_loss", "test_error", "n_delta", "f_norm", "displacement")
@@ -62,7 +63,7 @@ class Monitor:
         with torch.no_grad():
             margins = data.y_train * f_train
             self.record(t=t, train_loss=float(loss(margins).mean()), n_delta=int((margins < 1).sum()),
-                        f_test=model.alpha * (model.net(data.x_test) - self.f0_test),
+                        f_test=rescaled(model.net(data.x_test), self.f0_test, model.alpha),
                         displacement=model.displacement(), params=list(model.net.parameters()))
 
     def finish(self) -> None:

@@ -10,6 +10,7 @@ import attrs
 import torch
 
 from dlphase.ensemble import in_passes
+from dlphase.model import rescaled
 
 from .stopping import Budgeted, value_at
 
@@ -71,7 +72,7 @@ def feed_checkpoints(net, params, params0, positions, idx, monitors, trackers, d
         for r, j in enumerate(due):
             mon = monitors[idx[j]]
             mon.record(t=value_at(t, j), train_loss=float(train_loss[j]), n_delta=int((margins[j] < 1).sum()),
-                       f_test=alpha[j] * (test_out[r] - mon.f0_test), displacement=float(disp[r]),
+                       f_test=rescaled(test_out[r], mon.f0_test, alpha[j]), displacement=float(disp[r]),
                        params=[v[r] for v in p_sel] if mon.keep_params else None)
     due = [j for j in positions if trackers[idx[j]] is not None and trackers[idx[j]].due(value_at(t, j))]
     if due:
