@@ -13,13 +13,14 @@ from .specs import GRID_DIMS, Grid, RunOptions, Spec, load_spec, param
 from .early_stopping import EarlyStopping
 from .manager import PluginManager, get_manager
 from .model import AlphaModel, alpha_of
+from .net import Net
 from .run import Run
 from .sweep import sweep
 from .cube import open_cube
 
 __all__ = [
     "AlphaModel", "Analysis", "Architecture", "Data", "DataError", "Dataset", "DlphaseError", "Dynamics",
-    "EarlyStopping", "GRID_DIMS", "Grid", "Loss", "Observable", "PluginError", "PluginManager", "Run", "RunOptions",
+    "EarlyStopping", "GRID_DIMS", "Grid", "Loss", "Net", "Observable", "PluginError", "PluginManager", "Run", "RunOptions",
     "RunState", "Spec",
     "SpecError", "TorchData", "TrainResult", "Variable", "alpha_of", "get_manager", "hookimpl", "load_spec",
     "open_cube", "param", "sweep",

@@ -9,7 +9,7 @@ round a member's slice differently where the batch's shape moves a tensor's tail
 (docs/reproducibility.md).
 
 The generic class works for any module through torch.func.vmap; architectures give faster ones by
-setting ``ensemble_class`` on their module class (see ``dlphase.plugins.fc``).
+setting :attr:`dlphase.Net.ensemble_class` on their module class (see ``dlphase.plugins.fc``).
 """
 
 from __future__ import annotations
@@ -196,13 +196,15 @@ def ntk_of(net: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = Non
 
 def stacked(models, x: torch.Tensor):
     """What every batched engine starts from, for AlphaModels of one architecture and width: the
-    batched net, the stacked parameters theta, a copy theta_0, the members' alpha (M,) and f~0 on x (M, n)."""
+    batched net, the stacked parameters theta, the initial ones theta_0 (of each model's frozen ``net0``, so
+    that a run can go on from where another left it), the members' alpha (M,) and f~0 on x (M, n)."""
     net = ensemble_of([m.net for m in models])
     params = net.stack([m.net for m in models])
+    params0 = net.stack([m.net0 for m in models])
     alpha = torch.tensor([m.alpha for m in models], dtype=x.dtype, device=x.device)
     with torch.no_grad():
-        f0, _ = net.forward(params, x)
-    return net, params, [p.clone() for p in params], alpha, f0
+        f0, _ = net.forward(params0, x)
+    return net, params, params0, alpha, f0
 
 
 def in_passes(train_pass, models, data, monitors=None) -> list:
@@ -218,9 +220,10 @@ def in_passes(train_pass, models, data, monitors=None) -> list:
 
 
 def ensemble_of(nets: Sequence[torch.nn.Module]) -> EnsembleNet:
-    """The batched form of ``nets`` (one architecture and width): the module's own ``ensemble_class``
-    when it has one, else the generic vmap one."""
+    """The batched form of ``nets`` (one architecture and width): their :attr:`dlphase.Net.ensemble_class`
+    (the generic vmap one for modules that are not a Net)."""
     if len({type(n) for n in nets}) != 1:
         raise ValueError("an ensemble needs nets of one architecture")
-    cls = getattr(type(nets[0]), "ensemble_class", EnsembleNet)
-    return cls(nets)
+    from .net import fast_paths
+
+    return type(fast_paths(nets[0])).ensemble_class(nets)

@@ -137,7 +137,13 @@ class Dataset(Component):
 
 
 class Architecture(Component):
-    """Builds the un-rescaled net f~_theta: inputs (n, ...) -> outputs (n,)."""
+    """Builds the un-rescaled net f~_theta: inputs (n, ...) -> outputs (n,).
+
+    Any ``torch.nn.Module`` will do. A module derived from :class:`dlphase.Net` may also offer fast paths, each
+    with a default that core falls back on: a batched ensemble class with hand-written forward, backward and
+    NTK (``ensemble_class``), closed-form curvature for the Hessian observable (``curvature``), and the
+    infinite-width kernels (``infinite_kernels``, also on the architecture itself, below).
+    """
 
     kind = "architecture"
 
@@ -147,6 +153,17 @@ class Architecture(Component):
 
     def check(self, dataset: "Dataset") -> None:
         """Raise ValueError if this architecture cannot take the dataset's points (checked with the spec)."""
+
+    def infinite_kernels(self, x1: "torch.Tensor", x2: "torch.Tensor | None" = None,
+                         quadrature: int = 24) -> "dict[str, torch.Tensor] | None":
+        """The h -> infinity NNGP and NTK of f~ between the rows of x1 and x2, {"nngp": ..., "ntk": ...}, for
+        specs that ask for them before any net exists (the kernel_methods dynamics); None (the default): none is
+        known. Nets offer the same through :meth:`dlphase.Net.infinite_kernels`."""
+        return None
+
+    def offers(self, name: str) -> bool:
+        """Whether this architecture's class overrides the optional method ``name``."""
+        return getattr(type(self), name) is not getattr(Architecture, name)
 
 
 class Loss(Component):

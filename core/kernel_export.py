@@ -12,6 +12,7 @@ import torch
 import xarray as xr
 
 from .errors import DataError
+from .net import fast_paths
 from .run import Run
 from .specs import GRID_DIMS, Spec
 
@@ -41,9 +42,9 @@ def kernel_dataset(spec: Spec, trained: bool = False) -> xr.Dataset:
     if run.data.classes_kernel is not None:
         variables["class_kernel"] = (("kernel_i",), np.asarray(run.data.classes_kernel),
                                      {"long_name": "original class of each kernel point"})
-    if hasattr(run.model.net, "infinite_kernels"):
-        with torch.no_grad():
-            limit = run.model.net.infinite_kernels(xk.double())
+    with torch.no_grad():
+        limit = fast_paths(run.model.net).infinite_kernels(xk.double())
+    if limit is not None:
         variables["ntk_infinite"] = (pair, limit["ntk"].cpu().numpy(), {"long_name": "infinite-width NTK of f~"})
         variables["nngp_infinite"] = (pair, limit["nngp"].cpu().numpy(),
                                       {"long_name": "infinite-width NNGP kernel (covariance of f~ at init)"})

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import dlphase
-from dlphase import Architecture, param
+from dlphase import Architecture, Net, param
 from dlphase.specs import non_negative, positive
 
 from dlphase.ensemble import EnsembleNet
@@ -106,7 +106,7 @@ class CNNEnsemble(EnsembleNet):
         return theta
 
 
-class CNNNet(torch.nn.Module):
+class CNNNet(Net):
     ensemble_class = CNNEnsemble
 
     def __init__(self, channels: int, h: int, depth: int, kernel_size: int, stride: int, padding: int,

@@ -13,7 +13,7 @@ import attrs
 import torch
 
 import dlphase
-from dlphase import Architecture, param
+from dlphase import Architecture, Net, param
 from dlphase.ensemble import EnsembleNet
 from dlphase.specs import positive
 
@@ -210,7 +210,7 @@ class FCEnsemble(EnsembleNet):
         return self.join(gw, gb)
 
 
-class FCNet(torch.nn.Module):
+class FCNet(Net):
     """L hidden layers of width h; inputs are flattened; output shape (n,)."""
 
     ensemble_class = FCEnsemble

@@ -23,6 +23,8 @@ import torch
 import dlphase
 from dlphase import Observable, Variable, param
 from dlphase.specs import positive
+from dlphase.model import rescaled
+from dlphase.net import fast_paths
 
 
 def flat_parameters(net: torch.nn.Module):
@@ -121,7 +123,7 @@ def _active_terms(model, x: torch.Tensor, y: torch.Tensor, energy: str, loss) ->
     theta, f = flat_parameters(net)
     with torch.no_grad():
         f0 = model.net0(x)
-        margins = y * alpha * (net(x) - f0)
+        margins = y * rescaled(net(x), f0, alpha)
     l_fn, w = _energy(energy, loss, len(y))
     d1, d2 = loss_derivatives(l_fn, margins)
     idx = torch.nonzero((d1 != 0) | (d2 != 0)).flatten()
@@ -133,7 +135,7 @@ def _curvature(model, x: torch.Tensor, terms: dict):
     """The net's closed-form curvature on the active points (fc_hessian.py), or None for a net without one;
     built once per ``terms`` and kept there, as the Lanczos path needs it for both J and the products."""
     if "closed" not in terms:
-        terms["closed"] = model.net.curvature(x[terms["idx"]]) if hasattr(model.net, "curvature") else None
+        terms["closed"] = fast_paths(model.net).curvature(x[terms["idx"]])
     return terms["closed"]
 
 
@@ -215,7 +217,7 @@ def operators(model, x: torch.Tensor, y: torch.Tensor, energy: str = "quadratic_
         return hvp
 
     hp = hvp_of(lambda t: (f(t, xs) * c).sum())
-    h = hvp_of(lambda t: w * l_fn(y[idx] * alpha * (f(t, xs) - f0)).sum())
+    h = hvp_of(lambda t: w * l_fn(y[idx] * rescaled(f(t, xs), f0, alpha)).sum())
     return {"H0": h0, "Hp": hp, "H": h}, theta
 
 

@@ -28,6 +28,7 @@ from dlphase import Dynamics, Loss, TrainResult, param
 from dlphase.specs import positive
 
 from .batched import loss_coefficients
+from .controller import reference
 from .kernels import KernelFunction, KernelName, KernelPredictor
 from .losses import MSE, Hinge, SoftHinge
 from .stopping import common_rules, stops
@@ -63,7 +64,7 @@ class KernelMethod(Dynamics):
             raise ValueError("net_dynamics must train the net (gradient_flow, gd, sgd), not a kernel method")
 
     def check(self, architecture, dataset):
-        if self.kernel == "ntk_infinite" and not hasattr(architecture, "infinite_kernels"):
+        if self.kernel == "ntk_infinite" and not architecture.offers("infinite_kernels"):
             raise ValueError(f"kernel = 'ntk_infinite' needs an architecture with an infinite-width kernel (fc), "
                              f"not {architecture.name!r}; use ntk_init or ntk_final")
 
@@ -110,6 +111,9 @@ class KernelFlow(KernelMethod):
     max_dout: float = param(default=0.1, doc="accept a step only if no f(x_mu) moves by max_dout or more",
                             validator=positive)
     dt: float = param(default=1.0, doc="initial time step", validator=positive)
+    grow: float = param(default=1.1, doc="dt *= grow after an easy step (both tests below half their limits)",
+                        validator=positive)
+    shrink: float = param(default=10.0, doc="dt /= shrink after a rejected step", validator=positive)
 
     def fit(self, k_train, y, started):
         a = torch.zeros(len(y), dtype=k_train.dtype, device=k_train.device)
@@ -137,13 +141,12 @@ class KernelFlow(KernelMethod):
             g_new = velocity(f_new)
             dout = float((f_new - f).abs().max())
             dgrad = float((g_new - g).square().sum() / (g.norm() * g_new.norm()).clamp_min(1e-300))
-            if dgrad < self.max_dgrad and dout < self.max_dout:
+            ok = dgrad < self.max_dgrad and dout < self.max_dout
+            easy = ok and dgrad < self.max_dgrad / 2 and dout < self.max_dout / 2
+            if ok:
                 a = a - dt * g
                 f, g, t, steps = f_new, g_new, t + dt, steps + 1
-                if dgrad < self.max_dgrad / 2 and dout < self.max_dout / 2:
-                    dt *= 1.1
-            else:
-                dt /= 10
+            dt = reference(dt, ok, easy, self.grow, self.shrink)
         return a, 0.0, TrainResult(status=status, message=message, steps=steps, rejected=trials - steps, t=t)
 
 

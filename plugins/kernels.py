@@ -16,6 +16,7 @@ import torch
 
 from dlphase import DataError
 from dlphase.ensemble import ntk_of
+from dlphase.net import fast_paths
 
 KernelName = Literal["ntk_init", "ntk_final", "ntk_infinite", "laplace", "gaussian"]
 KERNELS = ("ntk_init", "ntk_final", "ntk_infinite", "laplace", "gaussian")
@@ -38,7 +39,7 @@ class KernelFunction:
         if name not in KERNELS:
             raise ValueError(f"unknown kernel {name!r}; known: {', '.join(KERNELS)}")
         self.name, self.model, self.quadrature = name, model, quadrature
-        if name == "ntk_infinite" and not hasattr(model.net, "infinite_kernels"):
+        if name == "ntk_infinite" and not fast_paths(model.net).offers("infinite_kernels"):
             raise DataError(f"{type(model.net).__name__} has no infinite-width kernel; use kernel = ntk_init, or fc")
         self.bandwidth = None
         if name in ("laplace", "gaussian"):

@@ -13,7 +13,7 @@ import attrs
 import torch
 
 import dlphase
-from dlphase import Architecture, param
+from dlphase import Architecture, Net, param
 
 from .activations import ACTIVATIONS
 from .fc import FCEnsemble
@@ -31,7 +31,7 @@ class MeanFieldEnsemble(FCEnsemble):
         return [gw[0]] + (gb or []) + [gw[1][:, 0, :]]
 
 
-class MeanFieldNet(torch.nn.Module):
+class MeanFieldNet(Net):
     ensemble_class = MeanFieldEnsemble
 
     def __init__(self, d: int, h: int, activation: str, bias: bool, generator: torch.Generator):

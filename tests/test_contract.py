@@ -126,3 +126,25 @@ def test_third_party_adam_matches_a_hand_written_loop():
         assert str(ds["status"].values) in {"converged", "budget"}
     finally:
         manager.unregister(contract_plugin)
+
+
+def test_fast_paths_default_for_a_plain_module_and_override_on_a_net():
+    """A module that is not a dlphase.Net gets every documented default; a Net subclass's overrides are used."""
+    from dlphase.ensemble import EnsembleNet, ensemble_of
+    from dlphase.net import fast_paths
+    from dlphase.plugins.fc import FC, FCEnsemble
+
+    plain = contract_plugin.Plain().build(5, (4,), torch.Generator().manual_seed(0))
+    assert not isinstance(plain, dlphase.Net)
+    assert type(ensemble_of([plain])) is EnsembleNet
+    x = torch.randn(3, 4, dtype=torch.float64)
+    assert fast_paths(plain).infinite_kernels(x) is None and fast_paths(plain).curvature(x) is None
+    assert not fast_paths(plain).offers("infinite_kernels")
+    assert not contract_plugin.Plain().offers("infinite_kernels")
+
+    net = FC().build(5, (4,), torch.Generator().manual_seed(0))
+    assert isinstance(net, dlphase.Net) and type(ensemble_of([net])) is FCEnsemble
+    assert net.offers("infinite_kernels") and net.offers("curvature") and FC().offers("infinite_kernels")
+    kernels = fast_paths(net).infinite_kernels(x)
+    torch.testing.assert_close(kernels["ntk"], FC().infinite_kernels(x)["ntk"])
+    assert kernels["ntk"].shape == (3, 3)
