@@ -15,8 +15,10 @@ import torch
 
 from dlphase import TrainResult
 from dlphase.ensemble import stacked
+from dlphase.model import rescaled
 
 from .batched import feed_checkpoints, loss_coefficients
+from .members import Batch
 from .stopping import common_rules, finish_member, stops, validation_tracker
 
 
@@ -31,8 +33,9 @@ def descend_ensemble(dyn, models, data, monitors, batch_size: int | None = None,
     x, y = data.x_train, data.y_train
     P = len(y)
     M = len(models)
-    net, params, params0, alpha, f0 = stacked(models, x)  # params0: theta_0 of the members still in the batch
-    velocity = [torch.zeros_like(p) for p in params] if momentum else None
+    net, params, params0, alpha, f0 = stacked(models, x)
+    b = Batch(range(M), params=params, params0=params0, alpha=alpha, f0=f0,
+              velocity=[torch.zeros_like(p) for p in params] if momentum else None)
     loss = dyn.loss
     full = batch_size is None or batch_size >= P
     epoch = 1 if full else math.ceil(P / batch_size)
@@ -42,62 +45,55 @@ def descend_ensemble(dyn, models, data, monitors, batch_size: int | None = None,
     for j, mon in enumerate(monitors):
         if mon is not None:
             mon.start(models[j], data)
-    idx = list(range(M))
     results: list[TrainResult | None] = [None] * M
     steps = 0
 
     def coefficients(out, a, yb, f0b):
         """dObjective/df~ for objective = mean l(y alpha (f~ - f~0)) / alpha^2 over the points given, the
         per-point losses and the margins."""
-        m = yb * (a[:, None] * (out - f0b))
+        m = yb * rescaled(out, f0b, a)
         return (*loss_coefficients(loss, m, yb, a), m)
 
-    while idx:
+    while len(b):
         t = steps * dyn.lr
         ctx = coef = None
         if steps % epoch == 0:  # the stop rules, checkpoints and validation, on the whole training set
-            out, ctx = net.forward(params, x, grad=full)
-            coef, per, marg = coefficients(out, alpha, y, f0)
-            feed_checkpoints(net, params, params0, range(len(idx)), idx, monitors, trackers, data, alpha, t, steps,
-                             per.mean(1), marg)
+            out, ctx = net.forward(b.params, x, grad=full)
+            coef, per, marg = coefficients(out, b.alpha, y, b.f0)
+            feed_checkpoints(net, b.params, b.params0, range(len(b)), b.ids, monitors, trackers, data, b.alpha, t,
+                             steps, per.mean(1), marg)
             elapsed = time.perf_counter() - start
             rules = common_rules(dyn, torch.isfinite(out).all(1), marg, steps, t, elapsed,
-                                 [trackers[m] for m in idx])
+                                 [trackers[m] for m in b.ids])
             stopped = stops(rules)
             if stopped:
                 for j, status, message in stopped:
-                    m = idx[j]
-                    results[m] = finish_member(net, params, j, models[m], trackers[m], monitors[m], status, message,
-                                               steps, t, elapsed)
-                gone = {j for j, _, _ in stopped}
-                keep = torch.tensor([j for j in range(len(idx)) if j not in gone], dtype=torch.long, device=x.device)
-                idx = [m for j, m in enumerate(idx) if j not in gone]
-                if not idx:
+                    m = b.ids[j]
+                    results[m] = finish_member(net, b.params, j, models[m], trackers[m], monitors[m], status,
+                                               message, steps, t, elapsed)
+                b.drop(j for j, _, _ in stopped)
+                if not len(b):
                     break
-                params, params0 = ([v.index_select(0, keep) for v in vs] for vs in (params, params0))
-                if velocity is not None:
-                    velocity = [v.index_select(0, keep) for v in velocity]
-                alpha, f0 = (v.index_select(0, keep) for v in (alpha, f0))
                 ctx = None  # the members' context changed: computed again below
         if full:
             if ctx is None:
-                out, ctx = net.forward(params, x, grad=True)
-                coef = coefficients(out, alpha, y, f0)[0]
+                out, ctx = net.forward(b.params, x, grad=True)
+                coef = coefficients(out, b.alpha, y, b.f0)[0]
         else:
             if pos >= P:
                 order, pos = torch.randperm(P, generator=gen), 0
             batch = order[pos:pos + batch_size].to(x.device)
             pos += batch_size
-            out_b, ctx = net.forward(params, x[batch], grad=True)
-            coef = coefficients(out_b, alpha, y[batch], f0[:, batch])[0]
-        grads = net.backward(params, ctx, coef)
+            out_b, ctx = net.forward(b.params, x[batch], grad=True)
+            coef = coefficients(out_b, b.alpha, y[batch], b.f0[:, batch])[0]
+        grads = net.backward(b.params, ctx, coef)
         with torch.no_grad():
             if weight_decay:
-                grads = [g + weight_decay * p for g, p in zip(grads, params)]
-            if velocity is not None:
-                velocity = [momentum * v + g for v, g in zip(velocity, grads)]
-                grads = velocity
-            params = [p - dyn.lr * g for p, g in zip(params, grads)]
+                grads = [g + weight_decay * p for g, p in zip(grads, b.params)]
+            if b.velocity is not None:
+                b.velocity = [momentum * v + g for v, g in zip(b.velocity, grads)]
+                grads = b.velocity
+            b.params = [p - dyn.lr * g for p, g in zip(b.params, grads)]
         steps += 1
     return results
 
