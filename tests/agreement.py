@@ -26,8 +26,10 @@ TIGHTER = 10.0
 
 
 def tighter(flow):
-    """``flow`` (a gradient_flow) with max_dgrad and max_dout TIGHTER times smaller and room for the steps."""
-    return attrs.evolve(flow, max_dgrad=flow.max_dgrad / TIGHTER, max_dout=flow.max_dout / TIGHTER,
+    """``flow`` (a gradient_flow) with max_dgrad, max_error and max_dout TIGHTER times smaller and room for the
+    steps."""
+    return attrs.evolve(flow, max_dgrad=flow.max_dgrad / TIGHTER, max_error=flow.max_error / TIGHTER,
+                        max_dout=flow.max_dout / TIGHTER,
                         max_steps=None if flow.max_steps is None else int(flow.max_steps * TIGHTER))
 
 

@@ -110,9 +110,11 @@ def _statuses_match_alone(dynamics, arch, alphas, seeds, data, input_shape=(5,),
 @pytest.mark.parametrize("arch,loss,rule,max_steps", [
     (FC(activation="swish"), SoftHinge(), "robust", 3000),
     (FC(activation="swish"), SoftHinge(), "reference", 3000),
+    (FC(activation="swish"), SoftHinge(), "chebyshev", 3000),
+    (FC(activation="swish"), SoftHinge(), "auto", 3000),
     (FC(activation="relu"), Hinge(), "robust", 3000),
     (MeanField(), SoftHinge(), "robust", 400),
-], ids=["fc-swish", "fc-swish-reference", "fc-relu-hinge", "mean_field"])
+], ids=["fc-swish", "fc-swish-reference", "fc-swish-chebyshev", "fc-swish-auto", "fc-relu-hinge", "mean_field"])
 def test_member_in_ensemble_matches_alone(arch, loss, rule, max_steps):
     """Every member trained with others ends where it ends alone, to rounding or the integrator's error."""
     flow = GradientFlow(loss=loss, rule=rule, max_steps=max_steps)
