@@ -102,7 +102,7 @@ def train_ensemble(flow, models, data, monitors, trace=None, handover: int | Non
     net, params, params0, alpha, f0 = stacked(models, x)
     loss = flow.loss
     robust = flow.rule != "reference"
-    kink = getattr(loss, "kink", None)
+    kink = loss.kink
 
     def margins(out, a, f0_):
         return y * rescaled(out, f0_, a)
