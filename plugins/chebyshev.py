@@ -12,9 +12,9 @@ dt rho / 2.
 Per member: rho by a nonlinear power iteration on g (every RHO_EVERY steps, and after a rejection), then
 s = ceil(sqrt(1 + 1.54 dt rho)); the local error estimate of Sommeijer, Shampine and Verwer,
 (12 (theta_n - theta_n+1) + 6 dt (g_n + g_n+1)) / 15, relative to the step's length, must stay below
-``max_error``, and no margin may move by ``max_dout`` or more. The step size follows the proportional
-controller of :mod:`.controller`. A member takes only its own stages, so members with fewer stages cost
-nothing in the others' longer steps.
+``max_error``, and no margin may move by ``max_dout`` or more. The step size follows the PI controller of
+controller.py (the last accepted step's error damps the response). A member takes only its own stages, so
+members with fewer stages cost nothing in the others' longer steps.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 ``reference``: the reference code's rule. dt grows by ``grow`` after an easy step (both tests below half their
 limits), stays after a plain accepted one and shrinks by ``shrink`` after a rejection.
 
-``proportional`` and ``proportional_integral``: a step with error ratio err (its error over the tolerated one; accepted when err <= 1) whose error grows as
-dt^order sets the next step to dt * clip(SAFETY err^(-1 / order), 1 / shrink, grow): the step that would
-just meet the tolerance, a little shorter, never more than ``grow`` times longer nor ``shrink`` times shorter.
+``proportional`` and ``proportional_integral``: a step with error ratio err (its error over the tolerated
+one; accepted when err <= 1) whose error grows as dt^order sets the next step to
+dt * clip(SAFETY err^(-1 / order), 1 / shrink, grow): the step that would just meet the tolerance, a little
+shorter, never more than ``grow`` times longer nor ``shrink`` times shorter.
 A non-finite err (a step that diverged) shrinks dt by ``shrink``.
 """
 

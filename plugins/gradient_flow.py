@@ -61,7 +61,7 @@ class GradientFlow(Batched):
     grow: float = param(default=1.1, doc="reference rule: dt *= grow after an easy step (both below half their limits)",
                         validator=positive)
     shrink: float = param(default=10.0, doc="dt /= shrink after a rejected step", validator=positive)
-    grow_max: float = param(default=1.2, doc="robust rule: dt grows by at most this factor per step",
+    grow_max: float = param(default=1.2, doc="robust and chebyshev rules: dt grows by at most this factor per step",
                             validator=positive)
     implicit: bool = param(default=True, doc="robust rule, curved loss (soft hinge, ...): the loss coefficients of the "
                                              "stiff margins by linearly implicit Euler")
