@@ -107,6 +107,9 @@ def train_chebyshev(flow, models, data, monitors, trace=None, resume=None, track
               t=resumed("t", zeros), steps=resumed("steps", zeros.long()), rejected=resumed("rejected", zeros.long()),
               dt=resumed("dt", torch.full_like(zeros, flow.dt)),
               since=zeros.long(), previous=torch.ones_like(zeros), vector=[v.clone() for v in F], rho=zeros.clone())
+    # the budget max_steps counts gradients here (a step takes s of them), so that it bounds the work as it does
+    # for the Euler rules' trial steps; a handed-over member brings its trial steps
+    b.work = b.steps + b.rejected + RHO_START
     b.rho = power_iteration(evaluate, b, RHO_START)
     results: list[TrainResult | None] = [None] * M
     if trackers is None:
@@ -126,7 +129,7 @@ def train_chebyshev(flow, models, data, monitors, trace=None, resume=None, track
     while len(b):
         elapsed = time.perf_counter() - start
         finite = torch.isfinite(b.out).all(1) & torch.isfinite(sq(b.F))
-        rules = common_rules(flow, finite, b.marg, b.steps + b.rejected, b.t, elapsed, [trackers[m] for m in b.ids])
+        rules = common_rules(flow, finite, b.marg, b.work, b.t, elapsed, [trackers[m] for m in b.ids])
         rules.append((b.dt < flow.min_dt, "budget",
                       lambda j: f"stalled: dt = {float(b.dt[j]):.3g} fell below min_dt = {flow.min_dt:g}"))
         stopped = stops(rules)
@@ -144,6 +147,7 @@ def train_chebyshev(flow, models, data, monitors, trace=None, resume=None, track
         again = again | (b.since >= RHO_EVERY)
         if bool(again.any()):
             b.rho = torch.where(again, power_iteration(evaluate, b, RHO_AGAIN, again), b.rho)
+            b.work = b.work + RHO_AGAIN * again.long()
             b.since = torch.where(again, torch.zeros_like(b.since), b.since)
         rho = RHO_SAFETY * b.rho
         s = [stages_for(v) for v in (b.dt * rho).tolist()]
@@ -164,6 +168,7 @@ def train_chebyshev(flow, models, data, monitors, trace=None, resume=None, track
         b.steps = b.steps + ok.long()
         b.rejected = b.rejected + (~ok).long()
         b.since = b.since + 1
+        b.work = b.work + torch.tensor(s, dtype=torch.long, device=x.device)
         b.params, b.F = choose(ok, new, b.params), choose(ok, F1, b.F)
         b.out, b.marg, b.obj = choose(ok, out1, b.out), choose(ok, marg1, b.marg), choose(ok, obj1, b.obj)
         b.dt = proportional_integral(dt, err, b.previous, order=2, shrink=flow.shrink, grow=flow.grow_max)

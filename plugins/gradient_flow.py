@@ -44,7 +44,7 @@ class GradientFlow(Batched):
     y f >= 1."""
 
     name: ClassVar[str] = "gradient_flow"
-    steps_name: ClassVar[str] = "trial steps"
+    steps_name: ClassVar[str] = "trial steps (gradients, for chebyshev steps)"
     rule: Literal["auto", "robust", "reference", "chebyshev"] = param(
         default="auto", doc="the integrator: robust (Euler steps; kinks of the hinge or relu do not stall the flow), "
                             "chebyshev (stabilised Runge-Kutta steps, for the stiff flow of smooth nets in the "
