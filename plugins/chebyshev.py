@@ -47,7 +47,6 @@ RHO_SAFETY = 1.2
 MAX_STAGES = 200
 
 
-
 @functools.lru_cache(maxsize=None)
 def rkc_coefficients(s: int):
     """The damped RKC2 scheme of s >= 2 stages: (mu~_1, mu, nu, mu~, gamma~ for stages 2..s, beta), where
@@ -99,14 +98,17 @@ def train_chebyshev(flow, models, data, monitors, trace=None, resume=None, track
     F, out, marg, obj = evaluate(params, alpha, f0)
     M = len(models)
     zeros = torch.zeros(M, dtype=torch.float64, device=x.device)
+
     def resumed(field, default):
         return torch.tensor([getattr(r, field) for r in resume], dtype=default.dtype,
                             device=x.device) if resume else default
 
+    # again: the members whose rho is estimated before their next step
     b = Batch(range(M), params=params, params0=params0, alpha=alpha, f0=f0, F=F, out=out, marg=marg, obj=obj,
               t=resumed("t", zeros), steps=resumed("steps", zeros.long()), rejected=resumed("rejected", zeros.long()),
               dt=resumed("dt", torch.full_like(zeros, flow.dt)),
-              since=zeros.long(), previous=torch.ones_like(zeros), vector=[v.clone() for v in F], rho=zeros.clone())
+              since=zeros.long(), previous=torch.ones_like(zeros), vector=[v.clone() for v in F], rho=zeros.clone(),
+              again=torch.zeros(M, dtype=torch.bool, device=x.device))
     # the budget max_steps counts gradients here (a step takes s of them), so that it bounds the work as it does
     # for the Euler rules' trial steps; a handed-over member brings its trial steps
     b.work = b.steps + b.rejected + RHO_START
@@ -124,7 +126,6 @@ def train_chebyshev(flow, models, data, monitors, trace=None, resume=None, track
             if mon is not None:
                 mon.start(models[j], data)
         checkpoints(range(M))
-    again = torch.zeros(M, dtype=torch.bool, device=x.device)   # members whose rho is estimated again
 
     while len(b):
         elapsed = time.perf_counter() - start
@@ -138,17 +139,15 @@ def train_chebyshev(flow, models, data, monitors, trace=None, resume=None, track
                 m = b.ids[j]
                 results[m] = finish_member(net, b.params, j, models[m], trackers[m], monitors[m], status, message,
                                            int(b.steps[j]), float(b.t[j]), elapsed, rejected=int(b.rejected[j]))
-            gone = {j for j, _, _ in stopped}
-            again = again[[j for j in range(len(b)) if j not in gone]]
-            b.drop(gone)
+            b.drop(j for j, _, _ in stopped)
             if not len(b):
                 break
 
-        again = again | (b.since >= RHO_EVERY)
-        if bool(again.any()):
-            b.rho = torch.where(again, power_iteration(evaluate, b, RHO_AGAIN, again), b.rho)
-            b.work = b.work + RHO_AGAIN * again.long()
-            b.since = torch.where(again, torch.zeros_like(b.since), b.since)
+        b.again = b.again | (b.since >= RHO_EVERY)
+        if bool(b.again.any()):
+            b.rho = torch.where(b.again, power_iteration(evaluate, b, RHO_AGAIN, b.again), b.rho)
+            b.work = b.work + RHO_AGAIN * b.again.long()
+            b.since = torch.where(b.again, torch.zeros_like(b.since), b.since)
         rho = RHO_SAFETY * b.rho
         s = [stages_for(v) for v in (b.dt * rho).tolist()]
         beta = torch.tensor([rkc_coefficients(k)[2] for k in s], dtype=torch.float64, device=x.device)
@@ -173,7 +172,7 @@ def train_chebyshev(flow, models, data, monitors, trace=None, resume=None, track
         b.out, b.marg, b.obj = choose(ok, out1, b.out), choose(ok, marg1, b.marg), choose(ok, obj1, b.obj)
         b.dt = proportional_integral(dt, err, b.previous, order=2, shrink=flow.shrink, grow=flow.grow_max)
         b.previous = torch.where(ok, err, b.previous)
-        again = ~ok
+        b.again = ~ok
         if trace is not None:
             trace({"members": list(b.ids), "dt": dt, "stages": torch.tensor(s), "rho": b.rho, "error": err,
                    "ok": ok, "n_delta": (b.marg < 1).sum(1)})

@@ -27,12 +27,19 @@ def reference(dt, accepted, easy, grow: float, shrink: float):
     return dt * grow if easy else dt if accepted else dt / shrink
 
 
+def _ratios(err: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+    """err in dt's dtype, a non-finite one as inf and none below 1e-12."""
+    return torch.where(torch.isfinite(err), err, torch.full_like(err, torch.inf)).to(dt.dtype).clamp_min(1e-12)
+
+
+def _factor(e: torch.Tensor, order: float) -> torch.Tensor:
+    """The proportional controller's factor SAFETY e^(-1 / order)."""
+    return SAFETY / e if order == 1 else SAFETY * e ** (-1.0 / order)
+
+
 def proportional(dt: torch.Tensor, err: torch.Tensor, order: float, shrink: float, grow: float) -> torch.Tensor:
     """The next step size (M,) after steps of size ``dt`` (M,) with error ratios ``err`` (M,)."""
-    err = torch.where(torch.isfinite(err), err, torch.full_like(err, torch.inf)).to(dt.dtype)
-    e = err.clamp_min(1e-12)
-    factor = SAFETY / e if order == 1 else SAFETY * e ** (-1.0 / order)
-    return dt * torch.clamp(factor, 1.0 / shrink, grow)
+    return dt * torch.clamp(_factor(_ratios(err, dt), order), 1.0 / shrink, grow)
 
 
 def proportional_integral(dt: torch.Tensor, err: torch.Tensor, previous: torch.Tensor, order: float, shrink: float,
@@ -41,8 +48,7 @@ def proportional_integral(dt: torch.Tensor, err: torch.Tensor, previous: torch.T
     damping the response (Gustafsson's PI controller): dt * clip(SAFETY err^-(1 - b) / order
     previous^(b / order)), b = ``integral``. Noisy error estimates then move dt less, and fewer steps are
     rejected. After a rejection (err > 1) the plain proportional factor applies."""
-    err = torch.where(torch.isfinite(err), err, torch.full_like(err, torch.inf)).to(dt.dtype)
-    e, p = err.clamp_min(1e-12), previous.to(dt.dtype).clamp(1e-12, 1.0)
-    factor = torch.where(err <= 1, SAFETY * e ** (-(1 - integral) / order) * p ** (integral / order),
-                         SAFETY * e ** (-1.0 / order))
+    e, p = _ratios(err, dt), previous.to(dt.dtype).clamp(1e-12, 1.0)
+    factor = torch.where(e <= 1, SAFETY * e ** (-(1 - integral) / order) * p ** (integral / order),
+                         _factor(e, order))
     return dt * torch.clamp(factor, 1.0 / shrink, grow)

@@ -14,6 +14,7 @@ from dlphase.plugins.cnn import CNN
 from dlphase.plugins.gd import GD, SGD
 from dlphase.plugins.losses import MSE
 from dlphase.plugins.mean_field import MeanField
+from tests.linear import Linear
 
 
 def swish_np(z):
@@ -65,15 +66,6 @@ def test_mean_field_matches_eq_7():
     w1, b, w2 = (p.detach().numpy() for p in (net.w1, net.b, net.w2))
     f = np.maximum(x @ w1.T / math.sqrt(d) + b, 0) @ w2 / h
     np.testing.assert_allclose(net(torch.from_numpy(x)).detach().numpy(), f, rtol=1e-12)
-
-
-class Linear(torch.nn.Module):
-    def __init__(self, w):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.as_tensor(w, dtype=torch.float64).clone())
-
-    def forward(self, x):
-        return x @ self.w
 
 
 def problem():

@@ -9,6 +9,7 @@ from dlphase import AlphaModel, TorchData
 from dlphase.plugins.chebyshev import rkc_coefficients, stages_for
 from dlphase.plugins.gradient_flow import GradientFlow
 from dlphase.plugins.losses import SoftHinge
+from tests.linear import Linear, data
 
 
 def stability_polynomial(s: int, z: np.ndarray) -> np.ndarray:
@@ -39,15 +40,6 @@ def test_stages_chosen_are_stable():
     for dt_rho in np.logspace(-2, 4, 200):
         s = stages_for(float(dt_rho))
         assert rkc_coefficients(s)[2] >= dt_rho and (s == 2 or rkc_coefficients(s - 1)[2] < 1.2 * dt_rho)
-
-
-class Linear(torch.nn.Module):
-    def __init__(self, w):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.as_tensor(w, dtype=torch.float64))
-
-    def forward(self, x):
-        return x @ self.w
 
 
 def stiff_problem():
@@ -82,11 +74,10 @@ def test_follows_the_exact_flow(max_error, tol):
     """Stopped by max_time, the run's w is the flow's w at the run's own t, to the accuracy max_error asks."""
     x, y, w0 = stiff_problem()
     alpha, t_end = 0.5, 2.0
-    model = AlphaModel(Linear(w0.copy()), alpha=alpha)
-    data = TorchData(x_train=torch.tensor(x), y_train=torch.tensor(y), x_test=torch.tensor(x),
-                     y_test=torch.tensor(y))
+    model = AlphaModel(Linear(w0), alpha=alpha)
+    train = data(x, y)
     flow = GradientFlow(loss=SoftHinge(beta=20.0), rule="chebyshev", max_error=max_error, max_time=t_end)
-    res = flow.train(model, data)
+    res = flow.train(model, train)
     assert res.status == "budget" and t_end <= res.t
     w = model.net.w.detach().numpy()
     w_exact = exact_flow(w0, x, y, alpha, 20.0, res.t)
@@ -107,24 +98,23 @@ def test_takes_far_fewer_gradients_than_euler_on_a_stiff_flow(monkeypatch):
 
     monkeypatch.setattr(EnsembleNet, "forward", counted)
     x, y, w0 = stiff_problem()
-    data = TorchData(x_train=torch.tensor(x), y_train=torch.tensor(y), x_test=torch.tensor(x),
-                     y_test=torch.tensor(y))
+    train = data(x, y)
     evaluations = {}
     for rule in ("robust", "chebyshev"):
         flow = GradientFlow(loss=SoftHinge(beta=20.0), rule=rule, implicit=False, max_time=2.0)
-        model = AlphaModel(Linear(w0.copy()), alpha=0.5)
+        model = AlphaModel(Linear(w0), alpha=0.5)
         calls.clear()
-        res = flow.train(model, data)
+        res = flow.train(model, train)
         assert res.status == "budget"
         evaluations[rule] = sum(calls)
     assert evaluations["chebyshev"] < evaluations["robust"] / 4
 
 
-def test_auto_hands_the_feature_regime_over_and_keeps_the_lazy_one():
+def test_auto_hands_the_feature_regime_over_and_keeps_the_lazy_one(monkeypatch):
     """rule auto: a swish member at small alpha_tilde (stiff from its curvature) goes on by chebyshev steps after
     HANDOVER_AFTER trial steps, one at large alpha_tilde (stiff from its margins) stays on robust steps; each ends
     as the rule it took would end it alone, with its flow time, steps and trajectory carried across."""
-    from dlphase.plugins import chebyshev, ensemble_flow
+    from dlphase.plugins import chebyshev, ensemble_flow, gradient_flow
     from dlphase.plugins.fc import FC
     from dlphase.plugins.gradient_flow import HANDOVER_AFTER
     from dlphase.trajectory import Monitor
@@ -132,8 +122,8 @@ def test_auto_hands_the_feature_regime_over_and_keeps_the_lazy_one():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((60, 5))
     y = np.where(x[:, 0] + 0.5 * x[:, 1] ** 2 > 0.3, 1.0, -1.0)
-    data = TorchData(x_train=torch.tensor(x[:40]), y_train=torch.tensor(y[:40]), x_test=torch.tensor(x[40:]),
-                     y_test=torch.tensor(y[40:]))
+    points = TorchData(x_train=torch.tensor(x[:40]), y_train=torch.tensor(y[:40]), x_test=torch.tensor(x[40:]),
+                       y_test=torch.tensor(y[40:]))
     arch = FC(activation="swish")
 
     def model(alpha_tilde):
@@ -146,20 +136,16 @@ def test_auto_hands_the_feature_regime_over_and_keeps_the_lazy_one():
         chebyshev_members.append([m.alpha * 32 ** 0.5 for m in models])
         return original(flow, models, *args, **kwargs)
 
-    import dlphase.plugins.gradient_flow as gf
-    gf.train_chebyshev, saved = spy, gf.train_chebyshev
-    try:
-        models = [model(1e-2), model(1e3)]
-        monitors = [Monitor(np.logspace(-4, 4, 33)), None]
-        res = GradientFlow(loss=SoftHinge(beta=20.0)).train_ensemble(models, data, monitors)
-    finally:
-        gf.train_chebyshev = saved
+    monkeypatch.setattr(gradient_flow, "train_chebyshev", spy)
+    models = [model(1e-2), model(1e3)]
+    monitors = [Monitor(np.logspace(-4, 4, 33)), None]
+    res = GradientFlow(loss=SoftHinge(beta=20.0)).train_ensemble(models, points, monitors)
     assert [r.status for r in res] == ["converged", "converged"]
     assert chebyshev_members == [[pytest.approx(1e-2)]]
     assert res[0].steps + res[0].rejected > HANDOVER_AFTER
     # the lazy member took the robust steps it takes alone
     alone = model(1e3)
-    ref = ensemble_flow.train_ensemble(GradientFlow(loss=SoftHinge(beta=20.0), rule="robust"), [alone], data, [None])
+    ref = ensemble_flow.train_ensemble(GradientFlow(loss=SoftHinge(beta=20.0), rule="robust"), [alone], points, [None])
     assert (res[1].steps, res[1].rejected) == (ref[0].steps, ref[0].rejected)
     # the trajectory runs on across the handover: flow times rise, and the last record is the end
     times = monitors[0].values["t"][np.isfinite(monitors[0].values["t"])]

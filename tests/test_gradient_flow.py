@@ -7,21 +7,7 @@ import torch
 from dlphase import AlphaModel, TorchData
 from dlphase.plugins.gradient_flow import GradientFlow
 from dlphase.plugins.losses import Hinge, SoftHinge
-
-
-class Linear(torch.nn.Module):
-    def __init__(self, w):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.as_tensor(w, dtype=torch.float64))
-
-    def forward(self, x):
-        return x @ self.w
-
-
-def data(x, y):
-    x = torch.as_tensor(x, dtype=torch.float64)
-    y = torch.as_tensor(y, dtype=torch.float64)
-    return TorchData(x_train=x, y_train=y, x_test=x, y_test=y)
+from tests.linear import Linear, data
 
 
 def test_hinge_on_one_point_is_exact():
