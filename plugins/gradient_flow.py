@@ -30,11 +30,12 @@ from dlphase.specs import non_negative, positive
 
 from .batched import Batched
 from .chebyshev import train_chebyshev
-from .ensemble_flow import PROBE, Handover, train_ensemble
+from .coefficient_rules import PROBE
+from .ensemble_flow import Handover, train_ensemble
 from .stopping import validation_tracker
 
 #: rule auto: the trial steps after which a member of a smooth net whose implicit coefficients do not pay goes
-#: on by the chebyshev rule (three decisions of ensemble_flow.implicit_pays)
+#: on by the chebyshev rule (three decisions of coefficient_rules.implicit_pays)
 HANDOVER_AFTER = 3 * PROBE
 
 

@@ -10,7 +10,7 @@ from scipy.optimize import lsq_linear
 
 from dlphase import AlphaModel, TorchData
 from dlphase.ensemble import EnsembleNet, ensemble_of
-from dlphase.plugins import ensemble_flow
+from dlphase.plugins import coefficient_rules
 from dlphase.plugins.batched import loss_coefficients
 from dlphase.plugins.cnn import CNN
 from dlphase.plugins.fc import FC
@@ -233,16 +233,16 @@ def test_implicit_pays_compares_coefficient_and_curvature_changes():
     g_s = Linear(jac_new).backward(None, None, own)
     # coefficient part |J'(c' - c)|^2 = 1, 0.01, 0.04; curvature part |(J' - J) c|^2 = 0.01, 0.01, 1e-4
     on = torch.tensor([False, True, False])
-    got = ensemble_flow.implicit_pays(Linear(jac_new), None, None, g, g_s, step, plain, None, on)
+    got = coefficient_rules.implicit_pays(Linear(jac_new), None, None, g, g_s, step, plain, None, on)
     assert got.tolist() == [True, False, True]          # ratios 100 (on), 1 (off), 400 (on)
     between = torch.tensor([[1.0, 0.05, 0.0]] * 3, dtype=torch.float64)    # ratio 0.0025 / 0.01 = 0.25 ... 25
     g_s = Linear(jac_new).backward(None, None, between)
-    got = ensemble_flow.implicit_pays(Linear(jac_new), None, None, g, g_s, step, plain, None,
+    got = coefficient_rules.implicit_pays(Linear(jac_new), None, None, g, g_s, step, plain, None,
                                       torch.tensor([True, True, False]))
     assert got.tolist() == [False, False, True]         # 0.25 (off), 0.25 (off), 25 (on)
     mid = torch.tensor([[1.0, 0.05 ** 0.5, 0.0]] * 3, dtype=torch.float64)   # ratios 5, 5 (in between), 500
     g_s = Linear(jac_new).backward(None, None, mid)
     for before in (True, False):
-        got = ensemble_flow.implicit_pays(Linear(jac_new), None, None, g, g_s, step, plain, None,
+        got = coefficient_rules.implicit_pays(Linear(jac_new), None, None, g, g_s, step, plain, None,
                                           torch.tensor([before, not before, False]))
         assert got.tolist() == [before, not before, True]
