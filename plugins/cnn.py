@@ -28,7 +28,7 @@ _NTK_BLOCK = 2 ** 24
 
 class CNNEnsemble(EnsembleNet):
     """M cnns with a layer-by-layer NTK: convolutions as products of the members' weights with the unfolded
-    inputs (member m owns channel group m); training goes through the generic vmap path."""
+    inputs (member m owns channel group m); a forward and backward pass by hand, channels last."""
 
     def __init__(self, nets):
         super().__init__(nets)
@@ -38,6 +38,9 @@ class CNNEnsemble(EnsembleNet):
         self.activation = net.activation
         self.bias = net.biases is not None
         self.k = net.weights[0].shape[-1]
+        self.channels = net.weights[0].shape[1]
+        self.input_size = net.input_size
+        self.kinked = net.activation == "relu"
 
     def _split(self, params):
         """(weights, biases or None, read-out) from ``params`` in ``named_parameters`` order: the module's own
@@ -78,6 +81,120 @@ class CNNEnsemble(EnsembleNet):
             deltas.insert(0, delta)
         return units, deltas, pooled
 
+    def elements_per_member(self, n):
+        """The widest per-member tensor of a pass: a layer's unfolded inputs, n P_out C k^2 numbers."""
+        size, widest = self.input_size, 0
+        for i in range(self.depth):
+            out = self._out_size(size)
+            widest = max(widest, n * out[0] * out[1] * (self.channels if i == 0 else self.h) * self.k ** 2)
+            size = out
+        return widest
+
+    def _unfold(self, z):
+        """The patches of z (B, n, H, W, C), channels last: (B, n Ho Wo, k k C), one row per output pixel, read
+        from a strided view of the padded input in one copy."""
+        B, n, H, W, C = z.shape
+        p, s, k = self.padding, self.stride, self.k
+        zp = F.pad(z, (0, 0, p, p, p, p))
+        Ho, Wo = self._out_size((H, W))
+        st = zp.stride()
+        view = zp.as_strided((B, n, Ho, Wo, k, k, C), (st[0], st[1], s * st[2], s * st[3], st[2], st[3], st[4]))
+        return view.reshape(B, n * Ho * Wo, k * k * C)
+
+    def _fold(self, du, shape):
+        """The adjoint of :meth:`_unfold`: patch gradients (B, n Ho Wo, k k C) summed back onto the input
+        pixels, (B, n, H, W, C)."""
+        B, n, H, W, C = shape
+        p, s, k = self.padding, self.stride, self.k
+        Ho, Wo = self._out_size((H, W))
+        grid = du.new_zeros((B, n, H + 2 * p, W + 2 * p, C))
+        d = du.view(B, n, Ho, Wo, k, k, C)
+        for a in range(k):
+            for b in range(k):
+                grid[:, :, a:a + s * (Ho - 1) + 1:s, b:b + s * (Wo - 1) + 1:s] += d[:, :, :, :, a, b]
+        return grid[:, :, p:p + H, p:p + W]
+
+    def _matrices(self, ws):
+        """Each layer's weights as (M, k k C, h) matrices in the patches' order, scaled by 1 / sqrt(fan_in)."""
+        return [(w * s).permute(0, 3, 4, 2, 1).reshape(len(w), -1, self.h) for w, s in zip(ws, self.scales)]
+
+    def forward(self, params, x, grad=False):
+        """Outputs (M, n): every convolution one product per member of its unfolded inputs (channels last)
+        with its weights; with ``grad`` the context for :meth:`backward` (unfolded inputs, pre-activations,
+        layer input shapes, pooled read-out inputs)."""
+        ws, bs, readout = self._split(params)
+        M, n, h = len(readout), len(x), self.h
+        z = x.permute(0, 2, 3, 1)[None]                                   # (1, n, H, W, C): shared input
+        units, pre, shapes = [], [], []
+        for i, w in enumerate(self._matrices(ws)):
+            shapes.append(tuple(z.shape))
+            u = self._unfold(z)
+            a = torch.matmul(u, w)                                          # (M, n Ho Wo, h)
+            if bs is not None:
+                a = a + bs[i][:, None, :]
+            units.append(u)
+            pre.append(a)
+            Ho, Wo = self._out_size(z.shape[2:4])
+            if i < self.depth - 1:
+                z = self.sigma(a).view(M, n, Ho, Wo, h)
+        pooled = self.sigma(pre[-1]).view(M, n, -1, h).mean(2) / math.sqrt(h)   # (M, n, h)
+        out = torch.einsum("mnh,mh->mn", pooled, readout)
+        return out, ((units, pre, shapes, pooled) if grad else None)
+
+    def slopes(self, ctx):
+        """sigma'(a_i) of every layer, (M, n P_i, h) each."""
+        return [DERIVATIVES[self.activation](a) for a in ctx[1]]
+
+    def backward(self, params, ctx, dout, slopes=None, reuse=False):
+        """Each member's sum_mu dout[m, mu] grad f~_m(x_mu), by hand: weight gradients as products of the unfolded
+        inputs with the output gradients, input gradients folded back onto the pixels (col2im)."""
+        ws, bs, readout = self._split(params)
+        units, pre, shapes, pooled = ctx
+        if slopes is None:
+            slopes = self.slopes(ctx)
+        return self._backprop(ws, bs is not None, readout, units, slopes, shapes, pooled, dout)
+
+    def _backprop(self, ws, bias, readout, units, slopes, shapes, pooled, dout):
+        M, n, h = len(readout), dout.shape[1], self.h
+        g_readout = torch.einsum("mn,mnh->mh", dout, pooled)
+        top = slopes[-1].view(M, n, -1, h)
+        delta = (top * (readout[:, None, None, :] * dout[:, :, None, None] / (math.sqrt(h) * top.shape[2]))
+                 ).view(M, -1, h)
+        gw, gb = [None] * self.depth, [None] * self.depth
+        mats = self._matrices(ws)
+        for i in range(self.depth - 1, -1, -1):
+            g = torch.matmul(units[i].transpose(1, 2), delta) * self.scales[i]      # (M, k k C, h)
+            C = shapes[i][-1]
+            gw[i] = g.view(M, self.k, self.k, C, h).permute(0, 4, 3, 1, 2).contiguous()
+            gb[i] = delta.sum(1)
+            if i > 0:
+                dz = self._fold(torch.bmm(delta, mats[i].transpose(1, 2)), (M, n) + shapes[i][2:])
+                delta = dz.reshape(M, -1, h) * slopes[i - 1]
+        return [g_readout] + gw + (gb if bias else [])
+
+    def add_backward(self, params, ctx, g, dout, rows):
+        """As :meth:`EnsembleNet.add_backward`, member by member over the images in its rows only (a fraction
+        |r| / n of a backward pass)."""
+        ws, bs, readout = self._split(params)
+        units, pre, shapes, pooled = ctx
+        out = [t.clone() for t in g]
+        for j, r in enumerate(rows):
+            if r is None:
+                continue
+            n = shapes[0][1]
+
+            def pick(t, shared=False):
+                return t[0 if shared else j].view(n, -1, t.shape[-1]).index_select(0, r).reshape(1, -1, t.shape[-1])
+
+            sub_units = [pick(u, shared=i == 0) for i, u in enumerate(units)]
+            sub_slopes = [DERIVATIVES[self.activation](pick(a)) for a in pre]
+            extra = self._backprop([w[j:j + 1] for w in ws], bs is not None, readout[j:j + 1], sub_units,
+                                   sub_slopes, [(1, len(r)) + s[2:] for s in shapes],
+                                   pooled[j:j + 1, r], dout[j:j + 1, r])
+            for t, e in zip(out, extra):
+                t[j] += e[0]
+        return out
+
     def _out_size(self, size):
         return tuple((s + 2 * self.padding - self.k) // self.stride + 1 for s in size)
 
@@ -110,7 +227,7 @@ class CNNNet(Net):
     ensemble_class = CNNEnsemble
 
     def __init__(self, channels: int, h: int, depth: int, kernel_size: int, stride: int, padding: int,
-                 activation: str, bias: bool, generator: torch.Generator):
+                 activation: str, bias: bool, generator: torch.Generator, input_size: tuple[int, int]):
         super().__init__()
         ins = [channels] + [h] * (depth - 1)
         self.weights = torch.nn.ParameterList(
@@ -121,6 +238,7 @@ class CNNNet(Net):
         self.readout = torch.nn.Parameter(torch.randn(h, generator=generator, dtype=torch.float64))
         self.scales = [1 / math.sqrt(c * kernel_size ** 2) for c in ins]
         self.stride, self.padding, self.h = stride, padding, h
+        self.input_size = input_size
         self.activation = activation
         self.sigma = ACTIVATIONS[activation]
 
@@ -156,7 +274,7 @@ class CNN(Architecture):
             raise ValueError(f"cnn takes images (C, H, W) but the data has points of shape {input_shape}; "
                              f"use dataset.pca = 0")
         return CNNNet(input_shape[0], h, self.depth, self.kernel_size, self.stride, self.padding,
-                      self.activation, self.bias, generator)
+                      self.activation, self.bias, generator, tuple(input_shape[1:]))
 
 
 @dlphase.hookimpl

@@ -23,6 +23,15 @@ ARCHS = [FC(depth=3, activation="swish"), FC(depth=2, activation="relu", bias=Tr
          FC(depth=1, activation="tanh"), MeanField(activation="relu"), MeanField(activation="swish", bias=False)]
 
 
+def _on_rows(change, rows):
+    """``change`` (M, n) on each member's ``rows`` (None: none), zero elsewhere."""
+    out = torch.zeros_like(change)
+    for j, r in enumerate(rows):
+        if r is not None:
+            out[j, r] = change[j, r]
+    return out
+
+
 @pytest.mark.parametrize("arch", ARCHS, ids=lambda a: f"{a.name}-{a.activation}")
 def test_batched_kernels_match_autograd(arch):
     """Forward and backward of the hand-written batched nets against torch.func.vmap + autograd."""
@@ -48,11 +57,7 @@ def test_batched_kernels_match_autograd(arch):
     # add_backward: a cotangent change on a few rows per member (none for member 1), against the whole backward
     rows = [torch.tensor([0, 3, 4]), None, torch.tensor([10])]
     change = torch.randn_like(out)
-    on_rows = torch.zeros_like(change)
-    for j, r in enumerate(rows):
-        if r is not None:
-            on_rows[j, r] = change[j, r]
-    refs = generic.backward(params, ref_ctx, cot + on_rows)
+    refs = generic.backward(params, ref_ctx, cot + _on_rows(change, rows))
     for ens, c in ((fast, ctx2), (generic, ref_ctx)):
         base = ens.backward(params, c, cot)
         for g, b, ref in zip(ens.add_backward(params, c, base, change, rows), base, refs):
@@ -63,6 +68,38 @@ def test_batched_kernels_match_autograd(arch):
     exact = arch.activation == "relu"
     for g, ref in zip(fast.backward(params, ctx, cot, slopes=fast.slopes(ctx)), fast.backward(params, ctx, cot)):
         torch.testing.assert_close(g, ref, rtol=0 if exact else 1e-13, atol=0 if exact else 1e-15)
+
+
+@pytest.mark.parametrize("arch", [CNN(depth=2, activation="swish"),
+                                  CNN(depth=3, activation="relu", bias=True, kernel_size=3, stride=1, padding=1),
+                                  CNN(depth=2, activation="tanh", kernel_size=3, padding=0)],
+                         ids=lambda a: f"{a.activation}-k{a.kernel_size}s{a.stride}p{a.padding}")
+def test_cnn_kernels_match_autograd(arch):
+    """The cnn's hand-written forward, backward and add_backward (channels last, unfold and fold by hand)
+    against torch.func.vmap + autograd of F.conv2d nets, and each member against its own module."""
+    nets = [arch.build(4, (2, 11, 11), torch.Generator().manual_seed(s)) for s in range(3)]
+    x = torch.randn(9, 2, 11, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    fast, generic = ensemble_of(nets), EnsembleNet(nets)
+    assert type(fast) is not EnsembleNet
+    params = fast.stack(nets)
+    out, ctx = fast.forward(params, x, grad=True)
+    ref_out, ref_ctx = generic.forward(params, x, grad=True)
+    torch.testing.assert_close(out, ref_out, rtol=1e-13, atol=1e-15)
+    with torch.no_grad():
+        torch.testing.assert_close(out[2], nets[2](x), rtol=1e-13, atol=1e-15)
+    cot = torch.randn_like(out)
+    base = fast.backward(params, ctx, cot)
+    for g, ref in zip(base, generic.backward(params, ref_ctx, cot)):
+        torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-14)
+    rows = [torch.tensor([0, 3, 4]), None, torch.tensor([8])]
+    change = torch.randn_like(out)
+    for g, b, ref in zip(fast.add_backward(params, ctx, base, change, rows), base,
+                         generic.backward(params, ref_ctx, cot + _on_rows(change, rows))):
+        torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-14)
+        assert torch.equal(g[1], b[1])
+    for g, ref in zip(fast.backward(params, ctx, cot, slopes=fast.slopes(ctx)), base):
+        assert torch.equal(g, ref)
+    assert fast.kinked == (arch.activation == "relu")
 
 
 def _data(P=40, d=5, seed=0):
