@@ -14,8 +14,16 @@ wall time, its ratio to the reference code's time for the same 16 runs (REFERENC
 evaluations per member and the fidelity: against runs of the first --fidelity seeds with every tolerance
 100 times tighter, each seed's relative RMS distance of f on the test set, the seed-averaged test error, the
 seed average <f> and the fluctuations |f - <f>| with bootstrap 95% intervals.
+With --relu, --converge also does the same for relu nets at alpha_tilde = 1e-2.
+With --cnn it measures the cnn of the paper's image runs (h = 32 channels, depth 2, 5 x 5 kernels, stride 2,
+swish, soft hinge, raw MNIST parity, P = 1000, seed 0): the time of one gradient (forward and backward pass
+over the P images) against torch.func.vmap of F.conv2d and against its floor, the FLOPs of the convolutions at the GFLOP/s torch reaches on the same
+products (the unfolded inputs times the weights) in the same run; then a default gradient_flow run at
+alpha_tilde = 1e3 and 1e-2 for --cnn-seconds each, with its trial steps, gradients per trial step, N_Delta and
+test error (3500 test points).
 Usage: python benchmarks/train.py [--widths 10,30,100,300] [--converge] [--exponents -8,20] [--rules robust]
-                                  [--fidelity 8] [--max-steps N] [--device cpu|cuda]
+                                  [--fidelity 8] [--max-steps N] [--relu] [--cnn] [--cnn-seconds 120,600]
+                                  [--device cpu|cuda]
 """
 
 import argparse
@@ -26,6 +34,7 @@ import numpy as np
 import torch
 
 import dlphase
+from dlphase.ensemble import EnsembleNet, ensemble_of
 from dlphase.run import Run
 
 
@@ -33,12 +42,12 @@ from dlphase.run import Run
 REFERENCE_SECONDS = {-8: 16 * 112.4, 20: 429.0}
 
 
-def spec_for(h, alpha_tilde, max_steps, device="cpu", **dynamics_options):
+def spec_for(h, alpha_tilde, max_steps, device="cpu", activation="swish", **dynamics_options):
     dynamics = {"name": "gradient_flow", "loss": {"name": "soft_hinge", "beta": 20}, "max_steps": max_steps,
                 **dynamics_options}
     return dlphase.Spec.from_dict({
         "dataset": {"name": "mnist", "pca": 10, "n_test": 1000},
-        "architecture": {"name": "fc", "depth": 2, "activation": "swish"},
+        "architecture": {"name": "fc", "depth": 2, "activation": activation},
         "dynamics": dynamics,
         "grid": {"h": [h], "alpha_tilde": [alpha_tilde], "P": [1000], "seed": list(range(16))},
         "run": {"device": device}})
@@ -95,7 +104,13 @@ def main():
     ap.add_argument("--rules", default="", help="rules to time besides the default (robust, chebyshev, reference)")
     ap.add_argument("--fidelity", type=int, default=8, help="seeds of the tight runs for the fidelity (0: none)")
     ap.add_argument("--max-steps", type=int, default=10 ** 7, help="trial-step budget of the --converge ensembles")
+    ap.add_argument("--relu", action="store_true", help="with --converge, also relu at alpha_tilde = 1e-2")
+    ap.add_argument("--cnn", action="store_true", help="measure the cnn's gradient and its runs")
+    ap.add_argument("--cnn-seconds", default="120,600", help="wall budget of the cnn runs at 1e3 and 1e-2")
     args = ap.parse_args()
+    if args.cnn:
+        cnn(args)
+        return
     P, d = 1000, 10
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, float64, "
           f"16 members, P = {P}")
@@ -111,7 +126,10 @@ def main():
               f"{ens / mm:>8.2f}")
     if args.converge:
         for e in (int(v) for v in args.exponents.split(",")):
-            converge(e, ["auto"] + [r for r in args.rules.split(",") if r], args)
+            converge(f"2^{e}", 2.0 ** e, "swish", ["auto"] + [r for r in args.rules.split(",") if r], args,
+                     REFERENCE_SECONDS.get(e))
+        if args.relu:
+            converge("1e-2", 1e-2, "relu", ["auto"] + [r for r in args.rules.split(",") if r], args)
 
 
 def tightened(flow, factor=100.0):
@@ -152,23 +170,23 @@ def bootstrap(values, statistic, n=2000, seed=0):
     return np.percentile(stats, [2.5, 97.5], axis=0)
 
 
-def converge(e, rules, args):
-    """The 16-seed ensemble at alpha_tilde = 2^e for each rule, with its fidelity against tight runs."""
-    at = 2.0 ** e
-    spec = spec_for(100, at, args.max_steps, args.device)
+def converge(label, at, activation, rules, args, ref=None):
+    """The 16-seed ensemble at alpha_tilde = ``at`` for each rule, with its fidelity against tight runs; ``ref``:
+    the reference code's seconds for it."""
+    e = f"{label} ({activation})"
+    spec = spec_for(100, at, args.max_steps, args.device, activation)
     k = args.fidelity
     tight = None
     if k:
         runs, models, data = members(spec)
         wall, _, evals = train_counted(tightened(spec.dynamics), models[:k], data, args.device)
         tight = f_test(runs[:k], data)
-        print(f"alpha_tilde = 2^{e}: {k} seeds with 100x tighter tolerances: {wall:.1f} s, {evals:.0f} gradients "
+        print(f"alpha_tilde = {e}: {k} seeds with 100x tighter tolerances: {wall:.1f} s, {evals:.0f} gradients "
               f"per member", flush=True)
     for rule in rules:
         runs, models, data = members(spec)
         wall, res, evals = train_counted(attrs.evolve(spec.dynamics, rule=rule), models, data, args.device)
-        ref = REFERENCE_SECONDS.get(e)
-        print(f"16-seed ensemble, h = 100, alpha_tilde = 2^{e}, rule = {rule}: {wall:.1f} s"
+        print(f"16-seed ensemble, h = 100, alpha_tilde = {e}, rule = {rule}: {wall:.1f} s"
               + (f" ({ref / wall:.1f}x the reference's {ref:.0f} s)" if ref else "")
               + f", statuses {sorted({r.status for r in res})}, {evals:.0f} gradients per member, trial steps "
               f"{min(r.steps + r.rejected for r in res)}-{max(r.steps + r.rejected for r in res)}", flush=True)
@@ -177,7 +195,7 @@ def converge(e, rules, args):
         f = f_test(runs[:k], data)
         y = data.y_test.cpu().numpy()
         dist = np.sqrt(((f - tight) ** 2).mean(1) / (tight ** 2).mean(1))
-        err, err_t = ((f * y) < 0).mean(1), ((tight * y) < 0).mean(1)
+        err, err_t = ((f * y) <= 0).mean(1), ((tight * y) <= 0).mean(1)
         mean_f, mean_t = f.mean(0), tight.mean(0)
         lo, hi = bootstrap(tight, lambda v: v.mean(0))
         fluct = lambda v: np.sqrt(((v - v.mean(0)) ** 2).mean())  # noqa: E731
@@ -188,6 +206,74 @@ def converge(e, rules, args):
               f"(difference {abs(err.mean() - err_t.mean()):.4f}); <f> inside the tight runs' bootstrap interval "
               f"at {inside:.0%} of test points; fluctuations rms|f - <f>| {fluct(f):.4g} against {fluct(tight):.4g} "
               f"[{flo:.4g}, {fhi:.4g}]", flush=True)
+
+def cnn_spec(alpha_tilde, seconds, device, n_test=3500):
+    return dlphase.Spec.from_dict({
+        "dataset": {"name": "mnist", "pca": 0, "n_test": n_test},
+        "architecture": {"name": "cnn", "depth": 2, "activation": "swish"},
+        "dynamics": {"name": "gradient_flow", "loss": {"name": "soft_hinge", "beta": 20}, "max_seconds": seconds},
+        "grid": {"h": [32], "alpha_tilde": [alpha_tilde], "P": [1000], "seed": [0]},
+        "run": {"device": device}})
+
+
+def timed(f, repeat=3):
+    """Seconds per call of ``f`` after one warm-up call."""
+    f()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        f()
+    return (time.perf_counter() - t0) / repeat
+
+
+def cnn(args):
+    """The cnn's gradient against its floor, and its runs in the lazy and the feature regime."""
+    spec = cnn_spec(1e3, 1.0, args.device)
+    runs, models, data = members(spec)
+    x = data.x_train
+    net = ensemble_of([models[0].net])
+    params = net.stack([models[0].net])
+    c = torch.randn(1, len(x), dtype=x.dtype, device=x.device)
+
+    def gradient(ens):
+        out, ctx = ens.forward(params, x, grad=True)
+        ens.backward(params, ctx, c)
+        sync(args.device)
+
+    t_grad = timed(lambda: gradient(net))
+    t_vmap = timed(lambda: gradient(EnsembleNet([models[0].net])))
+    # the convolutions as products of unfolded inputs (n P_out, C k^2) with weights (C k^2, h): forward, the
+    # weight gradient, and the input gradient of every layer but the first
+    arch, h, k = spec.architecture, 32, spec.architecture.kernel_size
+    shape, flops, widest = tuple(x.shape[1:]), 0.0, None
+    for i in range(arch.depth):
+        c_in, size = shape[0], shape[1:]
+        out = tuple((s_ + 2 * arch.padding - k) // arch.stride + 1 for s_ in size)
+        rows, inner = len(x) * out[0] * out[1], c_in * k * k
+        flops += 2 * rows * inner * h * (2 if i == 0 else 3)
+        widest = (rows, inner) if widest is None or rows * inner > widest[0] * widest[1] else widest
+        shape = (h,) + out
+    a = torch.randn(*widest, dtype=x.dtype, device=x.device)
+    b = torch.randn(widest[1], h, dtype=x.dtype, device=x.device)
+    gflops = 2 * widest[0] * widest[1] * h / timed(lambda: (a @ b, sync(args.device)), repeat=5) / 1e9
+    floor = flops / gflops / 1e9
+    print(f"cnn h = {h}, depth {arch.depth}, {k} x {k} stride {arch.stride}, P = {len(x)}: one gradient "
+          f"{t_grad:.3f} s; its convolutions' {flops / 1e9:.2f} GFLOP at the {gflops:.1f} GFLOP/s of a "
+          f"({widest[0]} x {widest[1]}) @ ({widest[1]} x {h}) product take {floor:.3f} s: {t_grad / floor:.1f}x the "
+          f"floor (torch.func.vmap of F.conv2d: {t_vmap:.3f} s, {t_vmap / t_grad:.1f}x the hand-written pass)", flush=True)
+    for alpha_tilde, seconds in zip((1e3, 1e-2), (float(v) for v in args.cnn_seconds.split(","))):
+        spec = cnn_spec(alpha_tilde, seconds, args.device)
+        runs, models, data = members(spec)
+        wall, res, evals = train_counted(spec.dynamics, models, data, args.device)
+        r = res[0]
+        with torch.no_grad():
+            f_train, f = runs[0].model(data.x_train), runs[0].model(data.x_test)
+        n_delta = int((f_train * data.y_train < 1).sum())
+        error = float((f * data.y_test <= 0).double().mean())
+        trials = r.steps + r.rejected
+        print(f"cnn alpha_tilde = {alpha_tilde:g}, {seconds:g} s budget: {r.status} after {wall:.0f} s, "
+              f"{trials} trial steps ({wall / max(trials, 1):.2f} s and {evals / max(trials, 1):.1f} gradients "
+              f"each), flow time {r.t:.3g}, N_Delta {n_delta}, test error {error:.4f}", flush=True)
+
 
 if __name__ == "__main__":
     main()
