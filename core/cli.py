@@ -77,6 +77,14 @@ def _one_point(spec, command: str):
 @click.version_option(package_name="dlphase")
 def main():
     """dlphase: phase diagrams, jamming and lazy vs feature learning of deep nets."""
+    import warnings
+
+    warnings.formatwarning = _one_line
+
+
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line as one line each, without the source line."""
+    return f"warning: {message}\n"
 
 
 @main.command()

@@ -23,7 +23,7 @@ from .cube import combine, open_cube, write_atomic
 from .errors import DlphaseError, SpecError
 from .run import groups
 from .specs import GRID_DIMS, Grid, Spec
-from .sweep import _progress, prepare_runs, run_batches, run_path
+from .sweep import _progress, prepare_runs, run_batches, run_path, saved_run
 
 #: how the seeds at one width ended
 JAMMED, CONVERGED, MIXED, FAILED = "jammed", "converged", "mixed", "failed"
@@ -189,8 +189,11 @@ def find_jamming_line(spec: Spec, out: str | os.PathLike, *, h_max: int | None =
 
 def _train(spec: Spec, points: list[dict], runs_dir: Path, records: dict, workers: int, executor, bar) -> None:
     """Load the points already saved, train the rest (batched by width), and put every record in ``records``."""
-    todo = [p for p in points if tuple(p[k] for k in GRID_DIMS) not in records
-            and not run_path(runs_dir, spec, p).exists()]
+    for p in points:
+        key = tuple(p[k] for k in GRID_DIMS)
+        if key not in records and (ds := saved_run(runs_dir, spec, p)) is not None:
+            records[key] = ds
+    todo = [p for p in points if tuple(p[k] for k in GRID_DIMS) not in records]
     if todo:
         bar.total = (bar.total or 0) + len(todo)
         batches = sorted(groups(spec, todo), key=lambda b: -b[0]["h"])

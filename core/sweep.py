@@ -12,12 +12,13 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import xarray as xr
 
-from .cube import check_writable, combine, open_cube, write_atomic
+from .cube import atomic_write, check_writable, combine, open_cube, write_atomic
 from .errors import DlphaseError
 from .run import execute_group, failed_point, groups
 from .specs import Spec
@@ -66,13 +67,76 @@ def prepare_runs(spec: Spec, out: str | os.PathLike, workers: int, what: str = "
     if runs_dir.exists() and not runs_dir.is_dir():
         raise DlphaseError(f"{str(runs_dir)!r} exists and is not a folder; move it away, it is where runs are kept")
     runs_dir.mkdir(exist_ok=True)
-    (runs_dir / "spec.toml").write_text(spec.to_toml())
+    check_same_runs(spec, runs_dir)
+    atomic_write(runs_dir / "spec.toml", lambda tmp: Path(tmp).write_text(spec.to_toml()))
     return out, runs_dir
+
+
+#: the parts of a spec that determine its runs (those of Spec.run_id); the grid may change between sweeps
+RUN_KEYS = ("dataset", "architecture", "dynamics", "observables")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    return {k: v for key, value in d.items() for k, v in _flat(value, f"{prefix}.{key}" if prefix else key).items()}
+
+
+def check_same_runs(spec: Spec, runs_dir: Path) -> None:
+    """Refuse a runs folder left by a spec whose runs differ from ``spec``'s (other dataset, architecture,
+    dynamics, observables or dtype), so that two specs' runs never share a folder; say what differs."""
+    import tomllib
+
+    saved = runs_dir / "spec.toml"
+    if not saved.exists():
+        return
+    try:
+        old = tomllib.loads(saved.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise DlphaseError(f"cannot read {str(saved)!r} ({exc}); move {str(runs_dir)!r} away to start fresh, or "
+                           f"point -o elsewhere") from None
+    new = tomllib.loads(spec.to_toml())
+
+    def runs_part(d):
+        return _flat({**{k: d.get(k) for k in RUN_KEYS}, "run.dtype": d.get("run", {}).get("dtype")})
+
+    a, b = runs_part(old), runs_part(new)
+    differ = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if differ:
+        raise DlphaseError(f"{str(runs_dir)!r} holds the runs of another spec ({'; '.join(differ[:3])}"
+                           f"{'; ...' if len(differ) > 3 else ''}); point -o elsewhere, or move that folder away to "
+                           f"start fresh")
 
 
 def run_path(runs_dir: Path, spec: Spec, point: Mapping[str, Any]) -> Path:
     """The file of one finished run: ``<runs folder>/<run_id>.nc``."""
     return runs_dir / f"{spec.run_id(point)}.nc"
+
+
+def saved_run(runs_dir: Path, spec: Spec, point: Mapping[str, Any]) -> xr.Dataset | None:
+    """The saved run of ``point``, or None when there is none. A file that is truncated, empty, not netCDF or
+    not this point's run is moved aside to ``<file>.corrupt`` with a warning that names it, so that the run is
+    trained again and the file is never combined."""
+    path = run_path(runs_dir, spec, point)
+    if not path.exists():
+        return None
+    try:
+        ds = open_cube(path)
+        problem = ("it has no status" if "status" not in ds else
+                   "it is another run's" if ds.attrs.get("run_id") != spec.run_id(point) else None)
+    except DlphaseError:
+        problem = "empty, truncated or not netCDF"
+    if problem is None:
+        return ds
+    aside = path.with_name(path.name + ".corrupt")
+    os.replace(path, aside)
+    warnings.warn(f"{str(path)!r} is not a readable run ({problem}); moved to {aside.name!r}, the run is trained "
+                  f"again", RunFileWarning, stacklevel=2)
+    return None
+
+
+class RunFileWarning(UserWarning):
+    """A saved run file that could not be used."""
 
 
 def sweep(spec: Spec, out: str | os.PathLike, *, workers: int = 1, executor: cf.Executor | None = None,
@@ -83,12 +147,14 @@ def sweep(spec: Spec, out: str | os.PathLike, *, workers: int = 1, executor: cf.
     points = spec.grid.points()
 
     def finished(point) -> bool:
-        path = run_path(runs_dir, spec, point)
-        return path.exists() and not (retry_failed and open_cube(path)["status"].item() == "failed")
+        ds = saved_run(runs_dir, spec, point)
+        return ds is not None and not (retry_failed and ds["status"].item() == "failed")
 
     # Batches are formed from the whole grid, never from what is left, so that a resumed sweep trains
     # exactly the batches an uninterrupted one does (a batch with any unfinished run is trained whole).
-    batches = [b for b in groups(spec, points) if not all(finished(p) for p in b)]
+    # every saved file checked, so that each unusable one is named
+    done = {spec.run_id(p) for p in points if finished(p)}
+    batches = [b for b in groups(spec, points) if not all(spec.run_id(p) in done for p in b)]
     # widest nets first: they cost the most, so the workers finish together rather than on a long tail
     batches.sort(key=lambda b: (-b[0]["h"], -b[0]["P"]))
     n_todo = sum(len(b) for b in batches)

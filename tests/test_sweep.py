@@ -80,6 +80,52 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_spec, tmp_path, ensemble)
     assert_same_results(dlphase.open_cube(out), dlphase.open_cube(tmp_path / "full.nc"))
 
 
+def test_corrupt_run_files_are_trained_again_with_a_warning(tiny_spec, tmp_path):
+    """Run files that are truncated, empty, not netCDF or another run's are moved aside with a one-line warning
+    each, trained again, and the cube equals the intact one."""
+    out = tmp_path / "cube.nc"
+    first = run_cli("sweep", tiny_spec, "-o", out, "-q")
+    assert first.returncode == 0, first.stderr
+    intact = dlphase.open_cube(out)
+    files = sorted(runs_dir_for(out).glob("*.nc"))
+    assert len(files) == 8
+    data = files[0].read_bytes()
+    files[0].write_bytes(data[: len(data) // 2])          # truncated
+    files[1].write_bytes(b"")                              # empty
+    files[2].write_text("not a netCDF file\n")             # foreign
+    files[3].write_bytes(files[4].read_bytes())            # another run's
+    again = run_cli("sweep", tiny_spec, "-o", out, "-q")
+    assert again.returncode == 0, again.stderr
+    warned = [line for line in again.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 4, again.stderr
+    for f in files[:4]:
+        assert sum(f.name in line for line in warned) == 1
+        assert f.with_name(f.name + ".corrupt").exists() and f.exists()
+    assert "Traceback" not in again.stderr
+    assert_same_results(dlphase.open_cube(out), intact)
+    # a third sweep finds every run intact and warns about nothing
+    third = run_cli("sweep", tiny_spec, "-o", out, "-q")
+    assert third.returncode == 0 and "warning" not in third.stderr, third.stderr
+
+
+def test_a_runs_folder_of_another_spec_is_refused(tiny_spec, tmp_path):
+    """A sweep whose runs would differ (here the budget) refuses the folder, naming what differs, with exit 2
+    and nothing written; a sweep that changes only the grid goes on in it."""
+    out = tmp_path / "cube.nc"
+    first = run_cli("sweep", tiny_spec, "-o", out, "-q", "--set", "grid.seed=[0]")
+    assert first.returncode == 0, first.stderr
+    before = out.read_bytes()
+    other = run_cli("sweep", tiny_spec, "-o", out, "-q", "--set", "dynamics.max_steps=300")
+    assert other.returncode == 2
+    assert "dynamics.max_steps: 400 there, 300 here" in other.stderr and "-o" in other.stderr
+    assert "Traceback" not in other.stderr and len(other.stderr.strip().splitlines()) == 1
+    assert out.read_bytes() == before
+    assert "max_steps = 400" in (runs_dir_for(out) / "spec.toml").read_text()
+    grown = run_cli("sweep", tiny_spec, "-o", out, "-q")
+    assert grown.returncode == 0, grown.stderr
+    assert dlphase.open_cube(out).sizes["seed"] == 2
+
+
 @attrs.frozen(kw_only=True)
 class ExplodingFC(dlphase.Architecture):
     """An fc net that raises during training for h = 5."""
