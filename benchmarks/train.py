@@ -17,8 +17,8 @@ seed average <f> and the fluctuations |f - <f>| with bootstrap 95% intervals.
 With --relu, --converge also does the same for relu nets at alpha_tilde = 1e-2.
 With --cnn it measures the cnn of the paper's image runs (h = 32 channels, depth 2, 5 x 5 kernels, stride 2,
 swish, soft hinge, raw MNIST parity, P = 1000, seed 0): the time of one gradient (forward and backward pass
-over the P images) against torch.func.vmap of F.conv2d and against its floor, the FLOPs of the convolutions at the GFLOP/s torch reaches on the same
-products (the unfolded inputs times the weights) in the same run; then a default gradient_flow run at
+over the P images) against torch.func.vmap of F.conv2d and against its floor, the FLOPs of the convolutions
+at the GFLOP/s torch reaches on the same products (the unfolded inputs times the weights) in the same run; then a default gradient_flow run at
 alpha_tilde = 1e3 and 1e-2 for --cnn-seconds each, with its trial steps, gradients per trial step, N_Delta and
 test error (3500 test points).
 Usage: python benchmarks/train.py [--widths 10,30,100,300] [--converge] [--exponents -8,20] [--rules robust]
@@ -259,7 +259,8 @@ def cnn(args):
     print(f"cnn h = {h}, depth {arch.depth}, {k} x {k} stride {arch.stride}, P = {len(x)}: one gradient "
           f"{t_grad:.3f} s; its convolutions' {flops / 1e9:.2f} GFLOP at the {gflops:.1f} GFLOP/s of a "
           f"({widest[0]} x {widest[1]}) @ ({widest[1]} x {h}) product take {floor:.3f} s: {t_grad / floor:.1f}x the "
-          f"floor (torch.func.vmap of F.conv2d: {t_vmap:.3f} s, {t_vmap / t_grad:.1f}x the hand-written pass)", flush=True)
+          f"floor (torch.func.vmap of F.conv2d: {t_vmap:.3f} s, {t_vmap / t_grad:.1f}x the hand-written pass)",
+          flush=True)
     for alpha_tilde, seconds in zip((1e3, 1e-2), (float(v) for v in args.cnn_seconds.split(","))):
         spec = cnn_spec(alpha_tilde, seconds, args.device)
         runs, models, data = members(spec)

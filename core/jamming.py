@@ -158,7 +158,7 @@ def find_jamming_line(spec: Spec, out: str | os.PathLike, *, h_max: int | None =
     h_max = h_max or 8 * max(spec.grid.h)
     if h_max < max(spec.grid.h):
         raise DlphaseError(f"h_max = {h_max} is below the grid's largest width {max(spec.grid.h)}; raise --h-max")
-    out, runs_dir = prepare_runs(spec, out, workers, "line")
+    out, runs_dir, lock = prepare_runs(spec, out, workers, "line")
 
     keys = [(a, P) for a in spec.grid.alpha_tilde for P in spec.grid.P]
     seeds = list(spec.grid.seed)
@@ -180,10 +180,11 @@ def find_jamming_line(spec: Spec, out: str | os.PathLike, *, h_max: int | None =
                 break
         else:
             raise DlphaseError(f"the search did not end in {MAX_ROUNDS} rounds; every run is saved in {runs_dir}")
+        line = line_dataset(spec, records, found, h_max, resolution)
+        write_atomic(line, out)
     finally:
         bar.close()
-    line = line_dataset(spec, records, found, h_max, resolution)
-    write_atomic(line, out)
+        lock.release()
     return line
 
 

@@ -57,9 +57,36 @@ def runs_dir_for(out: str | os.PathLike) -> Path:
     return out.with_name(out.stem + ".runs")
 
 
-def prepare_runs(spec: Spec, out: str | os.PathLike, workers: int, what: str = "cube") -> tuple[Path, Path]:
-    """Check ``workers`` and the output path, create the runs folder beside it and write the spec there;
-    returns (out, runs folder)."""
+class RunsLock:
+    """An exclusive lock on a runs folder (flock on ``<folder>/.lock``), so that two processes never train into
+    one folder; the system releases it when its holder dies, even by SIGKILL."""
+
+    def __init__(self, runs_dir: Path):
+        import fcntl
+
+        self.path = runs_dir / ".lock"
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise DlphaseError(f"another dlphase process (pid {holder}) is training into {str(runs_dir)!r}; wait "
+                               f"for it to end, or point -o elsewhere") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+
+    def release(self) -> None:
+        self.file.close()
+
+
+def prepare_runs(spec: Spec, out: str | os.PathLike, workers: int,
+                 what: str = "cube") -> tuple[Path, Path, RunsLock]:
+    """Check ``workers`` and the output path, create the runs folder beside it, lock it and write the spec there;
+    returns (out, runs folder, its lock), the lock for the caller to release when done."""
     if workers < 1:
         raise DlphaseError(f"workers = {workers} must be at least 1")
     out = check_writable(out, what)
@@ -67,9 +94,14 @@ def prepare_runs(spec: Spec, out: str | os.PathLike, workers: int, what: str = "
     if runs_dir.exists() and not runs_dir.is_dir():
         raise DlphaseError(f"{str(runs_dir)!r} exists and is not a folder; move it away, it is where runs are kept")
     runs_dir.mkdir(exist_ok=True)
-    check_same_runs(spec, runs_dir)
-    atomic_write(runs_dir / "spec.toml", lambda tmp: Path(tmp).write_text(spec.to_toml()))
-    return out, runs_dir
+    lock = RunsLock(runs_dir)
+    try:
+        check_same_runs(spec, runs_dir)
+        atomic_write(runs_dir / "spec.toml", lambda tmp: Path(tmp).write_text(spec.to_toml()))
+    except BaseException:
+        lock.release()
+        raise
+    return out, runs_dir, lock
 
 
 #: the parts of a spec that determine its runs (those of Spec.run_id); the grid may change between sweeps
@@ -143,7 +175,14 @@ def sweep(spec: Spec, out: str | os.PathLike, *, workers: int = 1, executor: cf.
           retry_failed: bool = False, progress: bool = True,
           on_run: Callable[[Mapping[str, Any], xr.Dataset], None] | None = None) -> xr.Dataset:
     """Run every point of ``spec.grid`` not already finished, then write and return the cube at ``out``."""
-    out, runs_dir = prepare_runs(spec, out, workers)
+    out, runs_dir, lock = prepare_runs(spec, out, workers)
+    try:
+        return _sweep(spec, out, runs_dir, workers, executor, retry_failed, progress, on_run)
+    finally:
+        lock.release()
+
+
+def _sweep(spec, out, runs_dir, workers, executor, retry_failed, progress, on_run) -> xr.Dataset:
     points = spec.grid.points()
 
     def finished(point) -> bool:

@@ -126,6 +126,31 @@ def test_a_runs_folder_of_another_spec_is_refused(tiny_spec, tmp_path):
     assert dlphase.open_cube(out).sizes["seed"] == 2
 
 
+def test_a_second_sweep_on_the_same_output_is_refused_while_the_first_runs(tiny_spec, tmp_path):
+    """Two processes never train into one runs folder: while another process holds its lock, a sweep is refused
+    (exit 2, the holder's pid named, nothing written); a holder killed by SIGKILL releases it, and the sweep
+    then runs."""
+    out = tmp_path / "cube.nc"
+    runs = runs_dir_for(out)
+    runs.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from dlphase.sweep import RunsLock; lock = RunsLock(Path(sys.argv[1])); print('held', "
+                               "flush=True); time.sleep(600)", str(runs)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refused = run_cli("sweep", tiny_spec, "-o", out, "-q")
+        assert refused.returncode == 2
+        assert f"pid {holder.pid}" in refused.stderr and "-o" in refused.stderr
+        assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+        assert not out.exists() and not list(runs.glob("*.nc")) and not (runs / "spec.toml").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    done = run_cli("sweep", tiny_spec, "-o", out, "-q")
+    assert done.returncode == 0, done.stderr
+    assert dlphase.open_cube(out).sizes["seed"] == 2
+
+
 @attrs.frozen(kw_only=True)
 class ExplodingFC(dlphase.Architecture):
     """An fc net that raises during training for h = 5."""
