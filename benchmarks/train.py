@@ -18,9 +18,9 @@ With --relu, --converge also does the same for relu nets at alpha_tilde = 1e-2.
 With --cnn it measures the cnn of the paper's image runs (h = 32 channels, depth 2, 5 x 5 kernels, stride 2,
 swish, soft hinge, raw MNIST parity, P = 1000, seed 0): the time of one gradient (forward and backward pass
 over the P images) against torch.func.vmap of F.conv2d and against its floor, the FLOPs of the convolutions
-at the GFLOP/s torch reaches on the same products (the unfolded inputs times the weights) in the same run; then a default gradient_flow run at
-alpha_tilde = 1e3 and 1e-2 for --cnn-seconds each, with its trial steps, gradients per trial step, N_Delta and
-test error (3500 test points).
+at the GFLOP/s torch reaches on the same products (the unfolded inputs times the weights) in the same run;
+then a default gradient_flow run at alpha_tilde = 1e3 and 1e-2 for --cnn-seconds each, with its trial steps,
+gradients per trial step, N_Delta and test error (3500 test points).
 Usage: python benchmarks/train.py [--widths 10,30,100,300] [--converge] [--exponents -8,20] [--rules robust]
                                   [--fidelity 8] [--max-steps N] [--relu] [--cnn] [--cnn-seconds 120,600]
                                   [--device cpu|cuda]
