@@ -1,5 +1,6 @@
 """The sweep engine: cube schema, resumption after SIGKILL, failures recorded, workers."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -183,6 +184,46 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(manager, tmp_path):
     assert good["status"].item() in ("converged", "budget") and np.isfinite(good["test_error"].item())
     # failed runs are kept, and run again only on request
     assert dlphase.sweep(spec, tmp_path / "c.nc", progress=False)["status"].sel(h=5).item() == "failed"
+
+
+@attrs.frozen(kw_only=True)
+class TreacherousLoss(dlphase.Loss):
+    """The soft hinge, except on 40 points once a margin passes 0.5 (mid-training): NaN, or an exception."""
+
+    name: ClassVar[str] = "treacherous"
+    raises: bool = False
+
+    def __call__(self, margin):
+        import torch
+
+        value = torch.nn.functional.softplus(20 * (1 - margin)) / 20
+        if margin.shape[-1] == 40 and bool((margin > 0.5).any()):
+            if self.raises:
+                raise ArithmeticError("gave up on purpose")
+            return value * torch.nan
+        return value
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["nan", "raises"])
+def test_a_run_that_diverges_or_raises_mid_training_is_recorded(manager, tmp_path, raises):
+    """A third-party loss that turns NaN (diverged) or raises (failed, with its message) mid-training stops only
+    its own runs; the others finish and the sweep writes its cube."""
+    manager.register(plugin_module("treacherousplugin",
+                                   register_losses=lambda register: register(TreacherousLoss)))
+    spec = build_spec({"dataset": {"name": "blobs"}, "architecture": {"name": "fc"},
+                       "dynamics": {"max_steps": 300, "loss": {"name": "treacherous", "raises": raises}},
+                       "grid": {"h": [8], "alpha_tilde": [1.0], "P": [30, 40], "seed": [0, 1]}}, manager)
+    # a batch that raises is trained again one run at a time, so that the exception stays with its own runs
+    with pytest.warns(UserWarning, match="one by one") if raises else contextlib.nullcontext():
+        cube = dlphase.sweep(spec, tmp_path / "c.nc", progress=False)
+    bad, good = cube.sel(P=40).isel(h=0, alpha_tilde=0), cube.sel(P=30).isel(h=0, alpha_tilde=0)
+    assert list(bad["status"].values) == ["failed" if raises else "diverged"] * 2
+    if raises:
+        assert all("ArithmeticError: gave up on purpose" in m for m in bad["message"].values)
+    else:
+        assert (bad["steps"] > 0).all()     # it trained before it diverged
+    assert set(good["status"].values) <= {"converged", "budget"} and np.isfinite(good["test_error"]).all()
+    assert (tmp_path / "c.nc").exists()
 
 
 def test_process_workers_give_the_same_cube(tiny_spec, tmp_path):
