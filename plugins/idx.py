@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -23,35 +23,66 @@ def find(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def read_bytes(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{path} is a corrupt or truncated gzip file ({exc}); download it again") from None
-    return raw
+#: deflate never expands data more than this (its longest match, 258 bytes, costs at least 2 bits): a gzipped
+#: file that claims more than this times its size is corrupt, and is refused before anything is allocated
+DEFLATE_RATIO = 1032
+
+
+class _Contents:
+    """A file's bytes, gunzipped as they are asked for, so that no more than its header's claim is ever
+    decompressed or allocated."""
+
+    def __init__(self, path: Path):
+        self.path, self.raw = path, path.read_bytes()
+        self.gzipped = self.raw[:2] == b"\x1f\x8b"
+        self.stream = zlib.decompressobj(wbits=31) if self.gzipped else None
+        self.data = b"" if self.gzipped else self.raw
+        self.pending = self.raw if self.gzipped else b""     # compressed input not yet decompressed
+
+    def upto(self, n: int) -> bytes:
+        """The first n bytes (fewer if the file ends before), plus one more if there is one."""
+        if self.gzipped and len(self.data) <= n and not self.stream.eof:
+            try:
+                self.data += self.stream.decompress(self.pending, n + 1 - len(self.data))
+            except zlib.error as exc:
+                raise DataError(f"{self.path} is a corrupt or truncated gzip file ({exc}); download it "
+                                f"again") from None
+            self.pending = self.stream.unconsumed_tail
+        return self.data[:n + 1]
+
+    def truncated(self) -> str:
+        return ("is a corrupt or truncated gzip file" if self.gzipped else "is truncated") + "; download it again"
 
 
 def read_idx(path: Path, magic: int) -> np.ndarray:
     """The array stored in an IDX file whose magic number must be ``magic``."""
-    raw = read_bytes(path)
+    contents = _Contents(path)
     kind = "images" if magic == IMAGES_MAGIC else "labels"
-    if len(raw) < 4:
-        raise DataError(f"{path} is truncated (only {len(raw)} bytes); download it again")
-    (found,) = struct.unpack(">I", raw[:4])
+    head = contents.upto(4)
+    if len(head) < 4:
+        raise DataError(f"{path} {contents.truncated()} (only {len(head)} bytes)")
+    (found,) = struct.unpack(">I", head[:4])
     if found != magic:
         raise DataError(f"{path} has IDX magic number 0x{found:08x}, expected 0x{magic:08x} for {kind}; "
                         f"is it the right file?")
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path} is truncated inside its header; download it again")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = header + int(np.prod(dims))
+    head = contents.upto(header)
+    if len(head) < header:
+        raise DataError(f"{path} {contents.truncated()} (it ends inside its header)")
+    dims = struct.unpack(f">{ndim}I", head[4:header])
+    expected = header + math.prod(dims)
+    if contents.gzipped and expected > DEFLATE_RATIO * len(contents.raw):
+        raise DataError(f"{path}: its header claims {' x '.join(map(str, dims))} bytes, more than {len(contents.raw)} "
+                        f"gzipped bytes can hold; the file is corrupt, download it again")
+    raw = contents.upto(expected)
+    if contents.gzipped and len(raw) < expected:
+        raise DataError(f"{path} {contents.truncated()} (it holds {len(raw)} of the {expected} bytes its header "
+                        f"({' x '.join(map(str, dims))}) needs)")
     if len(raw) != expected:
-        raise DataError(f"{path} holds {len(raw)} bytes but its header ({' x '.join(map(str, dims))}) needs "
-                        f"{expected}; the file is truncated or corrupt, download it again")
+        raise DataError(f"{path} holds {len(raw) if len(raw) < expected else 'more'} bytes but its header "
+                        f"({' x '.join(map(str, dims))}) needs {expected}; the file is truncated or corrupt, "
+                        f"download it again")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 

@@ -4,6 +4,7 @@ import gzip
 import os
 import re
 import pickle
+import struct
 
 import numpy as np
 import pytest
@@ -73,6 +74,21 @@ def test_cifar_pickle_cannot_run_code(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.parametrize("module, name", [("builtins", "eval"), ("builtins", "exec"), ("os", "system"),
+                                          ("subprocess", "Popen"), ("numpy", "load"), ("posix", "system"),
+                                          ("builtins", "getattr")])
+def test_cifar_pickle_refuses_every_other_global(tmp_path, module, name):
+    """A batch whose pickle calls any global outside the unpickler's list (here by the GLOBAL and REDUCE
+    opcodes, as a hand-made payload would) is refused before the call, and nothing runs."""
+    write_cifar_folder(tmp_path / "c", kind="py")
+    marker = tmp_path / "pwned"
+    payload = (f"c{module}\n{name}\n(S'open({str(marker)!r}, \"w\")'\ntR.").encode()
+    (tmp_path / "c" / "data_batch_2").write_bytes(payload)
+    with pytest.raises(DataError, match=f"refusing to load {module}.{name}"):
+        CIFAR10(data_dir=str(tmp_path / "c")).pools()
+    assert not marker.exists()
+
+
 def _corrupt(folder, name, data):
     (folder / name).write_bytes(data)
 
@@ -88,9 +104,31 @@ BAD_FILES = {
     "label_range": (lambda f: _corrupt(f, "t10k-labels-idx1-ubyte", idx_bytes(np.full(20, 12), 0x801)),
                     "has label 12, outside 0..9"),
     "bad_gzip": (lambda f: [(f / "train-images-idx3-ubyte").unlink(),
-                            _corrupt(f, "train-images-idx3-ubyte.gz", gzip.compress(b"x" * 100)[:15])],
+                            _corrupt(f, "train-images-idx3-ubyte.gz", b"\x1f\x8b" + b"x" * 100)],
                  "corrupt or truncated gzip"),
+    "truncated_gzip": (lambda f: _gzip_instead(f, "train-images-idx3-ubyte", lambda z: z[: len(z) // 2]),
+                       "is a corrupt or truncated gzip file"),
+    "junk_gzip": (lambda f: [(f / "train-images-idx3-ubyte").unlink(),
+                             _corrupt(f, "train-images-idx3-ubyte.gz", gzip.compress(b"x" * 100)[:15])],
+                  "has IDX magic number 0x78787878"),
+    # headers that claim 2^32 - 1 images of 2^32 - 1 x 2^32 - 1 pixels: refused before anything is allocated
+    "huge_claim": (lambda f: _corrupt(f, "train-images-idx3-ubyte", _huge_header()),
+                   "needs 79228162458924105385300197391"),
+    "huge_claim_gzip": (lambda f: [(f / "train-images-idx3-ubyte").unlink(),
+                                   _corrupt(f, "train-images-idx3-ubyte.gz", gzip.compress(_huge_header()))],
+                        "more than [0-9]+ gzipped bytes can hold"),
 }
+
+
+def _huge_header():
+    return struct.pack(">4I", 0x803, *(3 * [2 ** 32 - 1])) + bytes(64)
+
+
+def _gzip_instead(folder, name, cut):
+    """Replace ``name`` by its gzipped bytes, passed through ``cut``."""
+    data = (folder / name).read_bytes()
+    (folder / name).unlink()
+    (folder / (name + ".gz")).write_bytes(cut(gzip.compress(data)))
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
