@@ -1,5 +1,6 @@
 """dlphase report: the page opens in headless Chromium with no JavaScript errors and every plot drawn."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -76,3 +77,28 @@ def test_report_renders_in_headless_chromium(tmp_path, browser):
     assert len(painted) >= n_plots
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == [], errors
+
+
+def test_a_cube_is_only_read(tmp_path):
+    """analyze, plot and report read a cube and execute nothing stored in it: strings that are Python code,
+    format fields or HTML stay text (escaped in the page), and no payload runs."""
+    marker = tmp_path / "pwned"
+    code = f"__import__('os').system('touch {marker}')"
+    cube = fluctuation_cube(seeds=4, n_test=50)
+    cube.attrs["spec_toml"] = f"# {code}\n<script>alert(1)</script>\"><img src=x onerror=alert(2)>"
+    cube.attrs["eval_me"] = code
+    cube.attrs["format_me"] = "{0.__class__.__mro__[1].__subclasses__()}"
+    cube["test_error"].attrs["long_name"] = f"<script>{code}</script>"
+    path = tmp_path / "cube.nc"
+    cube.to_netcdf(path)
+    before = path.read_bytes()
+    for args in (("analyze", "fluctuation_scaling", path), ("plot", "phase-diagram", path, "-o", tmp_path / "p.html"),
+                 ("report", path, "-o", tmp_path / "r.html")):
+        res = run_cli(*args)
+        assert res.returncode == 0, res.stderr
+    page = (tmp_path / "r.html").read_text()
+    # the spec is shown as text (escaped once more where it sits inside the embedded plot documents)
+    assert re.search(r"(&amp;|&)lt;script(&amp;|&)gt;alert\(1\)", page) and "<script>alert(1)" not in page
+    assert "<img src=x onerror" not in page
+    assert not marker.exists()
+    assert path.read_bytes() == before
