@@ -26,6 +26,8 @@ from .interfaces import Component, Dataset, Architecture, Dynamics, Observable
 from .manager import PluginManager, get_manager
 
 GRID_DIMS = ("h", "alpha_tilde", "P", "seed")
+#: the sections of a spec that, with ``run.dtype`` and the grid point, determine a run's result
+RUN_SECTIONS = ("dataset", "architecture", "dynamics", "observables")
 SECTIONS = ("dataset", "architecture", "dynamics", "observables", "grid", "run")
 
 
@@ -145,7 +147,7 @@ class Spec:
     def run_id(self, point: Mapping[str, Any]) -> str:
         """A stable id of one run: a hash of everything that determines its result."""
         d = self.to_dict()
-        ident = {k: d[k] for k in ("dataset", "architecture", "dynamics", "observables")}
+        ident = {k: d[k] for k in RUN_SECTIONS}
         ident["dtype"] = self.run.dtype
         ident["point"] = {k: point[k] for k in GRID_DIMS}
         blob = json.dumps(ident, sort_keys=True, default=repr).encode()

@@ -21,7 +21,7 @@ import xarray as xr
 from .cube import atomic_write, check_writable, combine, open_cube, write_atomic
 from .errors import DlphaseError
 from .run import execute_group, failed_point, groups
-from .specs import Spec
+from .specs import GRID_DIMS, RUN_SECTIONS, Spec
 
 
 class InlineExecutor(cf.Executor):
@@ -104,10 +104,6 @@ def prepare_runs(spec: Spec, out: str | os.PathLike, workers: int,
     return out, runs_dir, lock
 
 
-#: the parts of a spec that determine its runs (those of Spec.run_id); the grid may change between sweeps
-RUN_KEYS = ("dataset", "architecture", "dynamics", "observables")
-
-
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, dict):
         return {prefix: d}
@@ -116,7 +112,8 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def check_same_runs(spec: Spec, runs_dir: Path) -> None:
     """Refuse a runs folder left by a spec whose runs differ from ``spec``'s (other dataset, architecture,
-    dynamics, observables or dtype), so that two specs' runs never share a folder; say what differs."""
+    dynamics, observables or dtype: what Spec.run_id hashes besides the grid point), so that two specs' runs
+    never share a folder; say what differs. The grid may change between sweeps."""
     import tomllib
 
     saved = runs_dir / "spec.toml"
@@ -130,7 +127,7 @@ def check_same_runs(spec: Spec, runs_dir: Path) -> None:
     new = tomllib.loads(spec.to_toml())
 
     def runs_part(d):
-        return _flat({**{k: d.get(k) for k in RUN_KEYS}, "run.dtype": d.get("run", {}).get("dtype")})
+        return _flat({**{k: d.get(k) for k in RUN_SECTIONS}, "run.dtype": d.get("run", {}).get("dtype")})
 
     a, b = runs_part(old), runs_part(new)
     differ = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
@@ -192,8 +189,8 @@ def _sweep(spec, out, runs_dir, workers, executor, retry_failed, progress, on_ru
     # Batches are formed from the whole grid, never from what is left, so that a resumed sweep trains
     # exactly the batches an uninterrupted one does (a batch with any unfinished run is trained whole).
     # every saved file checked, so that each unusable one is named
-    done = {spec.run_id(p) for p in points if finished(p)}
-    batches = [b for b in groups(spec, points) if not all(spec.run_id(p) in done for p in b)]
+    done = {tuple(p[k] for k in GRID_DIMS) for p in points if finished(p)}
+    batches = [b for b in groups(spec, points) if not all(tuple(p[k] for k in GRID_DIMS) in done for p in b)]
     # widest nets first: they cost the most, so the workers finish together rather than on a long tail
     batches.sort(key=lambda b: (-b[0]["h"], -b[0]["P"]))
     n_todo = sum(len(b) for b in batches)

@@ -99,8 +99,9 @@ def train_ensemble(flow, models, data, monitors, trace=None, handover: int | Non
     checkpoints(range(len(st)))
 
     while True:
-        leave(st, stop_rules(flow, st, rule, trackers, handover, time.perf_counter() - start), net, models,
-              trackers, monitors, results, rule, time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        leave(st, stop_rules(flow, st, rule, trackers, handover, elapsed), net, models, trackers, monitors, results,
+              rule, elapsed)
         if not len(st):
             return results
         # one trial step for every member left, with the coefficients of the accepted point
@@ -137,12 +138,17 @@ def train_ensemble(flow, models, data, monitors, trace=None, handover: int | Non
             checkpoints([j for j in range(len(st)) if bool(ok[j])])
 
 
+def turn(st, g_new):
+    """dgrad = |g' - g|^2 / (|g| |g'|) per member, from the accepted gradient st.g; 0 where g' = 0."""
+    new_gnorm2 = sq(g_new)
+    return torch.where(new_gnorm2 > 0, sq([a - b for a, b in zip(g_new, st.g)]) / (st.gnorm2 * new_gnorm2).sqrt(),
+                       torch.zeros_like(st.gnorm2))
+
+
 def reference_test(flow, st, g_new, dout):
     """The reference rule: accept when dgrad = |g' - g|^2 / (|g| |g'|) < max_dgrad and dout < max_dout; the
     reference controller. Returns (accepted, dgrad, next dt), each (M,)."""
-    new_gnorm2 = sq(g_new)
-    dgrad = torch.where(new_gnorm2 > 0, sq([a - b for a, b in zip(g_new, st.g)]) / (st.gnorm2 * new_gnorm2).sqrt(),
-                        torch.zeros_like(st.gnorm2))
+    dgrad = turn(st, g_new)
     ok = (dgrad < flow.max_dgrad) & (dout < flow.max_dout)  # NaN compares False: rejected
     easy = ok & (dgrad < 0.5 * flow.max_dgrad) & (dout < 0.5 * flow.max_dout)
     return ok, dgrad, reference(st.dt, ok, easy, flow.grow, flow.shrink)
@@ -151,9 +157,7 @@ def reference_test(flow, st, g_new, dout):
 def robust_test(flow, st, g_s, dout):
     """The robust rule: dgrad from g'_s; accept when err = max(sqrt(dgrad / max_dgrad), dout / max_dout) <= 1
     (dgrad is second order in dt, dout first order: both as first-order errors); a proportional controller."""
-    g_s2 = sq(g_s)
-    dgrad = torch.where(g_s2 > 0, sq([a - b for a, b in zip(g_s, st.g)]) / (st.gnorm2 * g_s2).sqrt(),
-                        torch.zeros_like(st.gnorm2))
+    dgrad = turn(st, g_s)
     err = torch.maximum((dout / flow.max_dout).to(torch.float64), (dgrad / flow.max_dgrad).sqrt().to(torch.float64))
     ok = err <= 1
     return ok, dgrad, proportional(st.dt, err, order=1, shrink=flow.shrink, grow=flow.grow_max)
