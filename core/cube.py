@@ -142,10 +142,30 @@ def atomic_write(path: str | os.PathLike, write, suffix: str = ".tmp") -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        _fsync(tmp)  # the data reach the disk before the name does, so a power cut leaves no empty file
         os.replace(tmp, path)
+        _fsync(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot sync a folder; the rename itself is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def temporaries_of(path: str | os.PathLike, suffix: str = ".tmp") -> list[Path]:
+    """The temporary files :func:`atomic_write` leaves for ``path`` when a kill cuts a write short."""
+    import glob
+
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*{glob.escape(suffix)}"))
 
 
 def write_atomic(ds: xr.Dataset, path: str | os.PathLike) -> None:

@@ -194,10 +194,12 @@ def _train(spec: Spec, points: list[dict], runs_dir: Path, records: dict, worker
         key = tuple(p[k] for k in GRID_DIMS)
         if key not in records and (ds := saved_run(runs_dir, spec, p)) is not None:
             records[key] = ds
-    todo = [p for p in points if tuple(p[k] for k in GRID_DIMS) not in records]
-    if todo:
-        bar.total = (bar.total or 0) + len(todo)
-        batches = sorted(groups(spec, todo), key=lambda b: -b[0]["h"])
+    # batches are formed from the round's points, never from what is left, so that a resumed search trains
+    # exactly the batches an uninterrupted one does (a batch with any unsaved run is trained whole)
+    batches = [b for b in groups(spec, points) if any(tuple(p[k] for k in GRID_DIMS) not in records for p in b)]
+    if batches:
+        bar.total = (bar.total or 0) + sum(map(len, batches))
+        batches.sort(key=lambda b: -b[0]["h"])
         run_batches(spec, batches, runs_dir, workers=workers, executor=executor, bar=bar)
     for p in points:
         key = tuple(p[k] for k in GRID_DIMS)

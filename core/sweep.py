@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 import xarray as xr
 
-from .cube import atomic_write, check_writable, combine, open_cube, write_atomic
+from .cube import atomic_write, check_writable, combine, open_cube, temporaries_of, write_atomic
 from .errors import DlphaseError
 from .run import execute_group, failed_point, groups
 from .specs import GRID_DIMS, RUN_SECTIONS, Spec
@@ -96,6 +96,9 @@ def prepare_runs(spec: Spec, out: str | os.PathLike, workers: int,
     runs_dir.mkdir(exist_ok=True)
     lock = RunsLock(runs_dir)
     try:
+        # writes cut short by a kill left these; the lock's holder is their only writer
+        for tmp in [*runs_dir.glob(".*.tmp"), *temporaries_of(out)]:
+            tmp.unlink(missing_ok=True)
         check_same_runs(spec, runs_dir)
         atomic_write(runs_dir / "spec.toml", lambda tmp: Path(tmp).write_text(spec.to_toml()))
     except BaseException:
@@ -225,8 +228,9 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
     try:
         pending: dict[cf.Future, list] = {}
         queue = list(batches)
-        # runs in flight: twice the workers (an external executor's own worker count where it has one)
-        limit = 2 * max(workers, getattr(executor, "_max_workers", 1) or 1)
+        # batches in flight: twice the workers (an external executor's own worker count where it has one); one
+        # in this process, so that each batch is saved before the next one trains
+        limit = 1 if isinstance(executor, InlineExecutor) else 2 * max(workers, getattr(executor, "_max_workers", 1) or 1)
         while queue or pending:
             while queue and len(pending) < limit:
                 batch = queue.pop(0)

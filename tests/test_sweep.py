@@ -1,12 +1,10 @@
-"""The sweep engine: cube schema, resumption after SIGKILL, failures recorded, workers."""
+"""The sweep engine: cube schema, corrupt and foreign runs folders, the lock, failures recorded, workers.
+Kills at random moments are in test_kills.py."""
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 from typing import ClassVar
 
 import attrs
@@ -19,7 +17,8 @@ from dlphase.run import execute
 from dlphase.specs import build_spec, load_spec
 from dlphase.sweep import runs_dir_for
 from tests.agreement import assert_records_agree, tighter_spec
-from tests.conftest import THREADS, plugin_module, run_cli
+from tests.conftest import plugin_module, run_cli
+
 
 def assert_same_results(a: xr.Dataset, b: xr.Dataset):
     """Equal in everything but the wall time (and the creation stamp)."""
@@ -55,30 +54,6 @@ def test_cube_schema(tiny_spec, tmp_path):
     # a second sweep does nothing and gives the same cube
     again = dlphase.sweep(spec, tmp_path / "cube.nc", progress=False)
     assert_same_results(cube, again)
-
-
-@pytest.mark.parametrize("ensemble", ["false", "true"])
-def test_sigkill_then_resume_equals_uninterrupted(tiny_spec, tmp_path, ensemble):
-    extra = ["--set", f"run.ensemble={ensemble}"]
-    full = run_cli("sweep", tiny_spec, "-o", tmp_path / "full.nc", "-q", *extra)
-    assert full.returncode == 0, full.stderr
-    out = tmp_path / "killed.nc"
-    runs = runs_dir_for(out)
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
-    exe = Path(sys.executable).with_name("dlphase")
-    proc = subprocess.Popen([str(exe), "sweep", str(tiny_spec), "-o", str(out), "-q", *extra], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(runs.glob("*.nc"))) < 3:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    n_saved = len(list(runs.glob("*.nc")))
-    assert 3 <= n_saved < 8, "the kill must land mid-sweep"
-    assert not out.exists()
-    resumed = run_cli("sweep", tiny_spec, "-o", out, "-q", *extra)
-    assert resumed.returncode == 0, resumed.stderr
-    assert_same_results(dlphase.open_cube(out), dlphase.open_cube(tmp_path / "full.nc"))
 
 
 def test_corrupt_run_files_are_trained_again_with_a_warning(tiny_spec, tmp_path):
