@@ -9,8 +9,10 @@ dims (``y_test`` depends on P only) is stored on those dims alone.
 from __future__ import annotations
 
 import datetime
+import errno
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -131,13 +133,16 @@ def combine(runs: Iterable[xr.Dataset], spec: Spec) -> xr.Dataset:
     return cube
 
 
-def atomic_write(path: str | os.PathLike, write, suffix: str = ".tmp") -> None:
+def atomic_write(path: str | os.PathLike, write, suffix: str = ".tmp", needs: int = 0) -> None:
     """Call ``write(tmp)`` on a temporary file in the same folder as ``path``, then rename it to ``path``: never a
-    partial file. ``suffix`` ends the temporary name, for writers that go by it (``.png``)."""
+    partial file. ``suffix`` ends the temporary name, for writers that go by it (``.png``). A write that fails
+    for lack of space raises :class:`DiskFullError`: the writer's ENOSPC, or any failure with fewer than
+    ``needs`` bytes (the data's size) and a MiB to spare, since netCDF reports a full disk as an HDF error."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
         write(tmp)
         umask = os.umask(0)
         os.umask(umask)
@@ -145,9 +150,27 @@ def atomic_write(path: str | os.PathLike, write, suffix: str = ".tmp") -> None:
         _fsync(tmp)  # the data reach the disk before the name does, so a power cut leaves no empty file
         os.replace(tmp, path)
         _fsync(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except Exception as exc:
+        free = shutil.disk_usage(path.parent).free
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < needs + 2**20:
+            from .errors import DiskFullError
+
+            raise DiskFullError(f"no space left to write {str(path)!r} (about {_size(needs)} needed, {_size(free)} "
+                                f"free there)") from None
         raise
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 2**10:.0f} KiB"
 
 
 def _fsync(path: str | os.PathLike) -> None:
@@ -170,7 +193,7 @@ def temporaries_of(path: str | os.PathLike, suffix: str = ".tmp") -> list[Path]:
 
 def write_atomic(ds: xr.Dataset, path: str | os.PathLike) -> None:
     """Write netCDF4 atomically (see :func:`atomic_write`)."""
-    atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4"))
+    atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4"), needs=ds.nbytes)
 
 
 def open_cube(path: str | os.PathLike) -> xr.Dataset:

@@ -21,3 +21,7 @@ class DataError(DlphaseError):
 
 class PluginError(SpecError):
     """A plugin name is unknown or a plugin is inconsistent with its registry entry."""
+
+
+class DiskFullError(DlphaseError):
+    """A file could not be written for lack of space on its filesystem."""

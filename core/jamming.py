@@ -19,11 +19,11 @@ import attrs
 import numpy as np
 import xarray as xr
 
-from .cube import combine, open_cube, write_atomic
+from .cube import combine, open_cube
 from .errors import DlphaseError, SpecError
 from .run import groups
 from .specs import GRID_DIMS, Grid, Spec
-from .sweep import _progress, prepare_runs, run_batches, run_path, saved_run
+from .sweep import _progress, prepare_runs, run_batches, run_path, saved_run, write_cube
 
 #: how the seeds at one width ended
 JAMMED, CONVERGED, MIXED, FAILED = "jammed", "converged", "mixed", "failed"
@@ -181,7 +181,7 @@ def find_jamming_line(spec: Spec, out: str | os.PathLike, *, h_max: int | None =
         else:
             raise DlphaseError(f"the search did not end in {MAX_ROUNDS} rounds; every run is saved in {runs_dir}")
         line = line_dataset(spec, records, found, h_max, resolution)
-        write_atomic(line, out)
+        write_cube(line, out, runs_dir)
     finally:
         bar.close()
         lock.release()

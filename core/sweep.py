@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 import xarray as xr
 
 from .cube import atomic_write, check_writable, combine, open_cube, temporaries_of, write_atomic
-from .errors import DlphaseError
+from .errors import DiskFullError, DlphaseError
 from .run import execute_group, failed_point, groups
 from .specs import GRID_DIMS, RUN_SECTIONS, Spec
 
@@ -74,10 +74,13 @@ class RunsLock:
             self.file.close()
             raise DlphaseError(f"another dlphase process (pid {holder}) is training into {str(runs_dir)!r}; wait "
                                f"for it to end, or point -o elsewhere") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(str(os.getpid()))
-        self.file.flush()
+        try:  # the holder's pid, for the message of whoever waits; nothing depends on it
+            self.file.seek(0)
+            self.file.truncate()
+            self.file.write(str(os.getpid()))
+            self.file.flush()
+        except OSError:
+            pass
 
     def release(self) -> None:
         self.file.close()
@@ -93,8 +96,12 @@ def prepare_runs(spec: Spec, out: str | os.PathLike, workers: int,
     runs_dir = runs_dir_for(out)
     if runs_dir.exists() and not runs_dir.is_dir():
         raise DlphaseError(f"{str(runs_dir)!r} exists and is not a folder; move it away, it is where runs are kept")
-    runs_dir.mkdir(exist_ok=True)
-    lock = RunsLock(runs_dir)
+    try:
+        runs_dir.mkdir(exist_ok=True)
+        lock = RunsLock(runs_dir)
+    except OSError as exc:
+        raise DlphaseError(f"cannot create the runs folder {str(runs_dir)!r}: {exc.strerror}; free space or "
+                           f"point -o elsewhere") from None
     try:
         # writes cut short by a kill left these; the lock's holder is their only writer
         for tmp in [*runs_dir.glob(".*.tmp"), *temporaries_of(out)]:
@@ -206,8 +213,17 @@ def _sweep(spec, out, runs_dir, workers, executor, retry_failed, progress, on_ru
         bar.close()
 
     cube = combine((open_cube(run_path(runs_dir, spec, p)) for p in points), spec)
-    write_atomic(cube, out)
+    write_cube(cube, out, runs_dir)
     return cube
+
+
+def write_cube(cube: xr.Dataset, out: Path, runs_dir: Path) -> None:
+    """Write the combined cube (or line) of the runs saved in ``runs_dir``."""
+    try:
+        write_atomic(cube, out)
+    except DiskFullError as exc:
+        raise DiskFullError(f"{exc}; every run is saved in {runs_dir}; free space and run the same command again "
+                            f"to write it") from None
 
 
 def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Path, *, workers: int = 1,
@@ -246,7 +262,11 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
                 except Exception as exc:  # the executor itself failed these runs (e.g. pickling): record it
                     records = [failed_point(spec, p, f"{type(exc).__name__}: {exc}") for p in batch]
                 for point, ds in zip(batch, records):
-                    write_atomic(ds, run_path(runs_dir, spec, point))
+                    try:
+                        write_atomic(ds, run_path(runs_dir, spec, point))
+                    except DiskFullError as exc:
+                        raise DiskFullError(f"{exc}; {saved()} runs are saved in {runs_dir}, intact; free space and "
+                                            f"run the same command again to resume") from None
                     if bar is not None:
                         bar.set_postfix_str(f"last: h={point['h']} at={point['alpha_tilde']:g} {ds['status'].item()}")
                         bar.update(1)

@@ -48,7 +48,7 @@ def main(argv: list[str]) -> None:
 
     atomic_write = cube.atomic_write
 
-    def killing_write(path, write, suffix=".tmp"):
+    def killing_write(path, write, suffix=".tmp", needs=0):
         path = Path(path)
         what = "spec" if path.name == "spec.toml" else "run" if path.parent.name.endswith(".runs") else "out"
         counts[what] += 1
@@ -63,7 +63,7 @@ def main(argv: list[str]) -> None:
             if chosen and where[2] == "full":
                 die()
 
-        atomic_write(path, cut_short, suffix)
+        atomic_write(path, cut_short, suffix, needs)
         if chosen and where[2] == "renamed":
             die()
 

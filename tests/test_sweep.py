@@ -2,6 +2,8 @@
 Kills at random moments are in test_kills.py."""
 
 import contextlib
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from dlphase.specs import build_spec, load_spec
 from dlphase.sweep import runs_dir_for
 from tests.agreement import assert_records_agree, tighter_spec
 from tests.conftest import plugin_module, run_cli
+from tests.test_cli_errors import assert_clean_error
 
 
 def assert_same_results(a: xr.Dataset, b: xr.Dataset):
@@ -127,6 +130,65 @@ def test_a_second_sweep_on_the_same_output_is_refused_while_the_first_runs(tiny_
     assert dlphase.open_cube(out).sizes["seed"] == 2
 
 
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 1 MiB tmpfs mounted in tmp_path (root or CAP_SYS_ADMIN needed, as in .ci/run), unmounted afterwards."""
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(fs)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {res.stderr.strip()}")
+    yield fs
+    subprocess.run(["umount", "-l", str(fs)], check=True)
+
+
+def fill(fs, leave: int):
+    """A ballast file that leaves ``leave`` bytes free on ``fs``."""
+    ballast = fs / "ballast"
+    ballast.unlink(missing_ok=True)
+    ballast.write_bytes(b"\0" * (shutil.disk_usage(fs).free - leave))
+    return ballast
+
+
+def test_a_full_disk_stops_the_sweep_cleanly_and_freeing_space_resumes(tiny_spec, small_filesystem, tmp_path):
+    """The disk fills after a few run files: one-line error, exit 2, the saved runs intact and no temporary file.
+    With room for the runs but not the cube, the cube is the one write that fails. Freeing space resumes, and
+    the cube equals an uninterrupted sweep's."""
+    intact = run_cli("sweep", tiny_spec, "-o", tmp_path / "intact.nc", "-q")
+    assert intact.returncode == 0, intact.stderr
+    page = 4096  # tmpfs allocates whole pages
+    run_size = max(-(-p.stat().st_size // page) * page for p in runs_dir_for(tmp_path / "intact.nc").glob("*.nc"))
+    out = small_filesystem / "cube.nc"
+    runs = runs_dir_for(out)
+
+    def no_temporaries():
+        return [p.name for p in [*small_filesystem.iterdir(), *runs.iterdir()] if p.name.endswith(".tmp")]
+
+    ballast = fill(small_filesystem, leave=int(5.5 * run_size) + 3 * page)  # the folder, spec.toml, .lock
+    full = run_cli("sweep", tiny_spec, "-o", out, "-q")
+    assert_clean_error(full, "no space left to write", "runs are saved in", "free space and run the same command")
+    saved = sorted(runs.glob("*.nc"))
+    assert 1 <= len(saved) < 8 and f"{len(saved)} of 8 runs are saved" in full.stderr
+    assert not out.exists() and no_temporaries() == []
+    for path in saved:  # each saved run is whole and equals the uninterrupted sweep's
+        xr.testing.assert_identical(dlphase.open_cube(path).drop_vars("wall_seconds"),
+                                    dlphase.open_cube(runs_dir_for(tmp_path / "intact.nc") / path.name)
+                                    .drop_vars("wall_seconds"))
+
+    ballast.unlink()
+    fill(small_filesystem, leave=(8 - len(saved)) * run_size + page)  # the runs fit, the cube does not
+    no_cube = run_cli("sweep", tiny_spec, "-o", out, "-q")
+    assert_clean_error(no_cube, "no space left to write", str(out), "every run is saved in")
+    assert len(list(runs.glob("*.nc"))) == 8 and not out.exists() and no_temporaries() == []
+    print(full.stderr, no_cube.stderr, sep="")
+
+    (small_filesystem / "ballast").unlink()
+    resumed = run_cli("sweep", tiny_spec, "-o", out, "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_results(dlphase.open_cube(out), dlphase.open_cube(tmp_path / "intact.nc"))
+    assert no_temporaries() == []
+
+
 @attrs.frozen(kw_only=True)
 class ExplodingFC(dlphase.Architecture):
     """An fc net that raises during training for h = 5."""
@@ -206,6 +268,68 @@ def test_process_workers_give_the_same_cube(tiny_spec, tmp_path):
     one = dlphase.sweep(spec, tmp_path / "one.nc", progress=False)
     two = dlphase.sweep(spec, tmp_path / "two.nc", workers=2, progress=False)
     assert_same_results(one, two)
+
+
+OOM_KILLER = """\"\"\"A plugin whose observable kills its own process, as the kernel's OOM killer does, at one grid point.\"\"\"
+
+import json
+import os
+import signal
+from typing import ClassVar
+
+import attrs
+
+import dlphase
+
+
+@attrs.frozen(kw_only=True)
+class OOMKiller(dlphase.Observable):
+    \"\"\"SIGKILLs its process when measuring the point in DLPHASE_TEST_OOM_AT (JSON); else measures 0.\"\"\"
+
+    name: ClassVar[str] = "oom_killer"
+    variables: ClassVar = {"oom_marker": dlphase.Variable(long_name="always 0")}
+
+    def measure(self, run):
+        if run.point == json.loads(os.environ.get("DLPHASE_TEST_OOM_AT", "null")):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return {"oom_marker": 0.0}
+
+
+@dlphase.hookimpl
+def register_observables(register):
+    register(OOMKiller)
+"""
+
+
+def test_a_worker_killed_for_memory_is_reported_with_the_runs_saved(tiny_spec, tmp_path, monkeypatch):
+    """A pool worker SIGKILLed mid-sweep (what the OOM killer does): one-line error naming how many runs are saved
+    and how to resume; the saved runs are whole, and the rerun finishes the cube of an uninterrupted sweep."""
+    site = tmp_path / "site"
+    (site / "dlphase_oom-1.0.dist-info").mkdir(parents=True)
+    (site / "dlphase_oom.py").write_text(OOM_KILLER)
+    (site / "dlphase_oom-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: dlphase-oom\n"
+                                                                  "Version: 1.0\n")
+    (site / "dlphase_oom-1.0.dist-info" / "entry_points.txt").write_text("[dlphase]\noom = dlphase_oom\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    args = ["sweep", tiny_spec, "-q", "--set", "run.ensemble=false", "--set", 'observables.names=["errors", '
+            '"oom_killer"]']
+    intact = run_cli(*args, "-o", tmp_path / "intact.nc")
+    assert intact.returncode == 0, intact.stderr
+    out = tmp_path / "cube.nc"
+    # the last run of the sweep (the narrow nets go last): some runs are saved by then
+    monkeypatch.setenv("DLPHASE_TEST_OOM_AT", '{"h": 4, "alpha_tilde": 100.0, "P": 100, "seed": 1}')
+    killed = run_cli(*args, "-o", out, "--workers", "2")
+    saved = sorted(runs_dir_for(out).glob("*.nc"))
+    assert_clean_error(killed, "a worker process died", "perhaps out of memory",
+                       f"{len(saved)} of 8 runs are saved in {runs_dir_for(out)}", "rerun to resume")
+    assert 1 <= len(saved) < 8 and not out.exists()
+    print(killed.stderr)
+    for path in saved:
+        dlphase.open_cube(path)
+    monkeypatch.delenv("DLPHASE_TEST_OOM_AT")
+    resumed = run_cli(*args, "-o", out, "--workers", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_results(dlphase.open_cube(out), dlphase.open_cube(tmp_path / "intact.nc"))
 
 
 def test_run_api(tiny_spec):
