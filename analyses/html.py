@@ -21,10 +21,11 @@ def standalone_html(obj, title: str) -> str:
     import holoviews as hv
     from bokeh.embed import file_html
     from bokeh.model import Model
-    from bokeh.resources import INLINE
+    from bokeh.resources import Resources
 
     model = obj if isinstance(obj, Model) else hv.render(obj, backend="bokeh")
-    page = file_html(model, INLINE, title=title)
+    # Bokeh's own info messages stay out of the reader's console
+    page = file_html(model, Resources(mode="inline", log_level="warn"), title=title)
     page = _EXTERNAL.sub(lambda m: "" if (m["src"] or m["href"] or "").startswith("static/extensions/")
                          else m.group(0), page)
     left = [m["src"] or m["href"] for m in _EXTERNAL.finditer(page)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import os
+import warnings
 
 import xarray as xr
 
@@ -30,6 +31,13 @@ def _table_html(result: xr.Dataset, max_rows: int = 40) -> str:
     return "".join(parts)
 
 
+def _failed(name: str, step: str, exc: Exception) -> str:
+    """Say, in a warning and in the page, that an analysis failed at ``step``."""
+    message = f"the {name} analysis failed to {step}: {type(exc).__name__}: {exc}"
+    warnings.warn(f"{message}; the report goes on without it", stacklevel=3)
+    return message
+
+
 def _div(text: str, width: int = 1000):
     from bokeh.models import Div
 
@@ -52,13 +60,19 @@ def write_report(cube: xr.Dataset, path: str | os.PathLike, manager=None, source
     names += [n for n in manager.names("analysis") if n not in names]
     blocks, done, skipped = [], [], []
     for name in names:
-        analysis = manager.get("analysis", name)()
-        reason = analysis.applies(cube)
+        try:
+            analysis = manager.get("analysis", name)()
+            reason = analysis.applies(cube)
+        except Exception as exc:
+            skipped.append((name, _failed(name, "start", exc)))
+            continue
         if reason is None:
             try:
                 result = analysis.compute(cube)
             except DlphaseError as exc:
                 reason = str(exc)
+            except Exception as exc:  # a plugin's bug costs its own section, never the page
+                reason = _failed(name, "compute", exc)
         if reason is not None:
             skipped.append((name, reason))
             continue
@@ -70,6 +84,8 @@ def write_report(cube: xr.Dataset, path: str | os.PathLike, manager=None, source
             blocks.append(hv.render(analysis.plot(result, backend="bokeh"), backend="bokeh"))
         except NotImplementedError:
             pass
+        except Exception as exc:
+            blocks.append(_div(f"<p>{html.escape(_failed(name, 'plot', exc))}</p>"))
         blocks.append(_div(f"<details><summary>table</summary>{_table_html(result)}</details>"))
     if not done:
         raise DlphaseError("no analysis applies to this cube: " + "; ".join(f"{n}: {r}" for n, r in skipped))

@@ -45,6 +45,19 @@ def plugin_module(name, **hooks):
     return module
 
 
+def install_package(tmp_path, monkeypatch, module: str, source: str) -> Path:
+    """``source`` installed as the package ``module`` whose entry point in the group ``dlphase`` registers it, on
+    the PYTHONPATH of the command lines a test starts: a module and a dist-info folder; returns their folder."""
+    site = tmp_path / "site"
+    info = site / f"{module}-1.0.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(source)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[dlphase]\n{module} = {module}\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return site
+
+
 def run_cli(*args, cwd=None, timeout=300):
     """Run the installed ``dlphase`` console script in a subprocess; returns CompletedProcess."""
     exe = Path(sys.executable).with_name("dlphase")

@@ -3,8 +3,7 @@ installed through the entry point group ``dlphase``, sweeps from the command lin
 stopping and the NTK, and its numbers match a hand-written Adam loop."""
 
 import math
-import os
-import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import torch
 import dlphase
 from dlphase.run import Run
 from tests import contract_plugin
-from tests.conftest import ROOT, run_cli
+from tests.conftest import install_package, run_cli
 
 SPEC = """
 [dataset]
@@ -50,34 +49,19 @@ early_stopping = {n_validation = 10, patience = 3, per_decade = 2, t_min = 0.5}"
 
 
 @pytest.fixture
-def package(tmp_path):
-    """contract_plugin.py installed as the package ``dlphase-contract``: a module and a dist-info folder whose
-    entry point registers it, on the PYTHONPATH of the command lines the test starts."""
-    site = tmp_path / "site"
-    site.mkdir()
-    shutil.copy(contract_plugin.__file__, site / "dlphase_contract.py")
-    info = site / "dlphase_contract-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dlphase-contract\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[dlphase]\ncontract = dlphase_contract\n")
-    return site
+def package(tmp_path, monkeypatch):
+    """contract_plugin.py installed as the package ``dlphase-contract``, for the command lines the test starts."""
+    return install_package(tmp_path, monkeypatch, "dlphase_contract", Path(contract_plugin.__file__).read_text())
 
 
-def _cli(package, monkeypatch, *args):
-    """The installed command line with ``package`` (and the repository, for ``tests``) on its PYTHONPATH."""
-    old = os.environ.get("PYTHONPATH")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(package), str(ROOT)] + ([old] if old else [])))
-    return run_cli(*args)
-
-
-def test_third_party_dynamics_and_architecture_sweep_from_the_command_line(package, tmp_path, monkeypatch):
-    listed = _cli(package, monkeypatch, "plugins")
+def test_third_party_dynamics_and_architecture_sweep_from_the_command_line(package, tmp_path):
+    listed = run_cli("plugins")
     assert listed.returncode == 0, listed.stderr
     assert "adam" in listed.stdout and "plain" in listed.stdout and "dlphase-contract" in listed.stdout
     spec = tmp_path / "adam.toml"
     spec.write_text(SPEC.format(arch="plain", dynamics="adam", dynamics_extra=ADAM))
     out = tmp_path / "adam.nc"
-    done = _cli(package, monkeypatch, "sweep", spec, "-o", out, "-q")
+    done = run_cli("sweep", spec, "-o", out, "-q")
     assert done.returncode == 0, done.stderr
     cube = dlphase.open_cube(out)
     status = set(cube["status"].values.ravel().tolist())
@@ -88,7 +72,7 @@ def test_third_party_dynamics_and_architecture_sweep_from_the_command_line(packa
     # and the third-party architecture trains with the built-in gradient flow (generic batched and NTK paths)
     flow = tmp_path / "flow.toml"
     flow.write_text(SPEC.format(arch="plain", dynamics="gradient_flow", dynamics_extra="max_steps = 3000"))
-    done = _cli(package, monkeypatch, "sweep", flow, "-o", tmp_path / "flow.nc", "-q")
+    done = run_cli("sweep", flow, "-o", tmp_path / "flow.nc", "-q")
     assert done.returncode == 0, done.stderr
     flow_cube = dlphase.open_cube(tmp_path / "flow.nc")
     assert "converged" in set(flow_cube["status"].values.ravel()) <= {"converged", "budget"}

@@ -19,7 +19,7 @@ from dlphase.run import execute
 from dlphase.specs import build_spec, load_spec
 from dlphase.sweep import runs_dir_for
 from tests.agreement import assert_records_agree, tighter_spec
-from tests.conftest import plugin_module, run_cli
+from tests.conftest import install_package, plugin_module, run_cli
 from tests.test_cli_errors import assert_clean_error
 
 
@@ -304,13 +304,7 @@ def register_observables(register):
 def test_a_worker_killed_for_memory_is_reported_with_the_runs_saved(tiny_spec, tmp_path, monkeypatch):
     """A pool worker SIGKILLed mid-sweep (what the OOM killer does): one-line error naming how many runs are saved
     and how to resume; the saved runs are whole, and the rerun finishes the cube of an uninterrupted sweep."""
-    site = tmp_path / "site"
-    (site / "dlphase_oom-1.0.dist-info").mkdir(parents=True)
-    (site / "dlphase_oom.py").write_text(OOM_KILLER)
-    (site / "dlphase_oom-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: dlphase-oom\n"
-                                                                  "Version: 1.0\n")
-    (site / "dlphase_oom-1.0.dist-info" / "entry_points.txt").write_text("[dlphase]\noom = dlphase_oom\n")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    install_package(tmp_path, monkeypatch, "dlphase_oom", OOM_KILLER)
     args = ["sweep", tiny_spec, "-q", "--set", "run.ensemble=false", "--set", 'observables.names=["errors", '
             '"oom_killer"]']
     intact = run_cli(*args, "-o", tmp_path / "intact.nc")
