@@ -200,7 +200,7 @@ def _train(spec: Spec, points: list[dict], runs_dir: Path, records: dict, worker
     if batches:
         bar.total = (bar.total or 0) + sum(map(len, batches))
         batches.sort(key=lambda b: -b[0]["h"])
-        run_batches(spec, batches, runs_dir, workers=workers, executor=executor, bar=bar)
+        run_batches(spec, batches, runs_dir, workers=workers, executor=executor, bar=bar, keep=set(records))
     for p in points:
         key = tuple(p[k] for k in GRID_DIMS)
         if key not in records:

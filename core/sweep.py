@@ -14,7 +14,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import xarray as xr
 
@@ -208,7 +208,7 @@ def _sweep(spec, out, runs_dir, workers, executor, retry_failed, progress, on_ru
     bar = _progress(total=len(points), initial=len(points) - n_todo, enabled=progress)
     try:
         run_batches(spec, batches, runs_dir, workers=workers, executor=executor, bar=bar, on_run=on_run,
-                    all_points=points)
+                    all_points=points, keep=done)
     finally:
         bar.close()
 
@@ -229,10 +229,11 @@ def write_cube(cube: xr.Dataset, out: Path, runs_dir: Path) -> None:
 def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Path, *, workers: int = 1,
                 executor: cf.Executor | None = None, bar=None,
                 on_run: Callable[[Mapping[str, Any], xr.Dataset], None] | None = None,
-                all_points: list[Mapping[str, Any]] | None = None) -> None:
+                all_points: list[Mapping[str, Any]] | None = None, keep: Collection[tuple] = ()) -> None:
     """Train ``batches`` (lists of points that share h and P) on ``executor`` and write each finished run to
-    ``runs_dir/<run_id>.nc`` as soon as its batch ends. A worker that dies, or Ctrl-C, leaves every finished run
-    saved and says how many of ``all_points`` (default: the batches' points) are saved and how to resume."""
+    ``runs_dir/<run_id>.nc`` as soon as its batch ends, except the points in ``keep`` (grid tuples), whose files
+    are kept as they are. A worker that dies, or Ctrl-C, leaves every finished run saved and says how many of
+    ``all_points`` (default: the batches' points) are saved and how to resume."""
     all_points = all_points or [p for b in batches for p in b]
 
     def saved() -> str:
@@ -262,11 +263,13 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
                 except Exception as exc:  # the executor itself failed these runs (e.g. pickling): record it
                     records = [failed_point(spec, p, f"{type(exc).__name__}: {exc}") for p in batch]
                 for point, ds in zip(batch, records):
-                    try:
-                        write_atomic(ds, run_path(runs_dir, spec, point))
-                    except DiskFullError as exc:
-                        raise DiskFullError(f"{exc}; {saved()} runs are saved in {runs_dir}, intact; free space and "
-                                            f"run the same command again to resume") from None
+                    # a saved run trained again as a member of its batch keeps its file
+                    if tuple(point[k] for k in GRID_DIMS) not in keep:
+                        try:
+                            write_atomic(ds, run_path(runs_dir, spec, point))
+                        except DiskFullError as exc:
+                            raise DiskFullError(f"{exc}; {saved()} runs are saved in {runs_dir}, intact; free space "
+                                                f"and run the same command again to resume") from None
                     if bar is not None:
                         bar.set_postfix_str(f"last: h={point['h']} at={point['alpha_tilde']:g} {ds['status'].item()}")
                         bar.update(1)

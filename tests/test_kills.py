@@ -33,7 +33,8 @@ def batches_trained(log: Path) -> list[set[str]]:
 
 def draw(rng: np.random.Generator, kind: str, target: float, batches: list[set[str]], saved: set[str]) -> str:
     """A concrete moment of ``kind`` at ``target`` (0 to 1) of the uninterrupted run's ``batches``, counted in
-    the batches and run files of a process that finds ``saved``."""
+    the batches and run files of a process that finds ``saved`` (it trains each batch with an unsaved run, and
+    writes the unsaved runs)."""
     left = [i for i, b in enumerate(batches) if b - saved]
     if kind.startswith(("train", "write:run")) and not left:
         kind = "write:out:" + rng.choice(["mid", "full"])
@@ -47,15 +48,16 @@ def draw(rng: np.random.Generator, kind: str, target: float, batches: list[set[s
     before = [i for i in left if i < g]
     if kind == "train":
         return f"train:{min(len(before), len(left) - 1) + 1}:{rng.uniform(0.0, 0.3):.3f}"
-    n = sum(sizes[i] for i in before) + (j + 1 if g in left else 1)
-    return f"write:run:{min(n, sum(sizes[i] for i in left))}:{phase}"
+    unsaved = {i: len(batches[i] - saved) for i in left}  # a saved member of a batch trained again keeps its file
+    n = sum(unsaved[i] for i in before) + (min(j + 1, unsaved[g]) if g in left else 1)
+    return f"write:run:{min(n, sum(unsaved.values()))}:{phase}"
 
 
 def kill_and_resume(tmp_path, out: Path, args: list, seed: int) -> list[str]:
     """Run ``dlphase ARGS`` once to the end, then run it again on ``OUT`` killed at 10 moments drawn from
     ``seed``, resuming each time, and let it finish. Checks after each kill that every saved run file is whole
-    and that no batch whose runs were all saved is trained again, and at the end that no temporary file is
-    left; returns the report, one line per kill."""
+    and untouched and that no batch whose runs were all saved is trained again, and at the end that no
+    temporary file is left; returns the report, one line per kill."""
     full_log = tmp_path / "full.log"
     full = killed("none", full_log, *args, "-o", tmp_path / "full.nc")
     assert full.returncode == 0, full.stderr
@@ -70,6 +72,7 @@ def kill_and_resume(tmp_path, out: Path, args: list, seed: int) -> list[str]:
     report = []
     for i, kind in enumerate([*kinds, "none"]):
         saved = {p.stem for p in runs.glob("*.nc")} if runs.exists() else set()
+        stamps = {p.stem: (p.stat().st_ino, p.stat().st_mtime_ns) for p in runs.glob("*.nc")} if saved else {}
         moment = "none" if kind == "none" else draw(rng, kind, targets[i], batches, saved)
         log = tmp_path / f"log{i}"
         res = killed(moment, log, *args, "-o", out)
@@ -86,6 +89,8 @@ def kill_and_resume(tmp_path, out: Path, args: list, seed: int) -> list[str]:
             assert batch in batches, f"{moment}: a batch the uninterrupted run does not train: {batch}"
         for path in runs.glob("*.nc"):
             dlphase.open_cube(path)  # never a partial file under a run's name
+            if path.stem in stamps:  # and a saved run's file is never written again
+                assert (path.stat().st_ino, path.stat().st_mtime_ns) == stamps[path.stem], f"{moment}: {path.name}"
     assert n_runs == len(list(runs.glob("*.nc")))
     leftovers = sorted(p.name for p in [*tmp_path.iterdir(), *runs.iterdir()]
                        if p.name.startswith(".") and p.name != ".lock" or p.suffix == ".corrupt")
