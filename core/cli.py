@@ -73,6 +73,14 @@ def _one_point(spec, command: str):
     return points
 
 
+def _cluster_options(command):
+    """--scheduler and --cluster: where the runs execute (dlphase.cluster)."""
+    command = click.option("--cluster", default=None, type=click.Choice(["local"]),
+                           help="start a dask cluster: local (--workers processes here)")(command)
+    return click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                        help="run on the workers of this dask scheduler")(command)
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dlphase")
 def main():
@@ -118,14 +126,21 @@ def run(spec_path, output, overrides):
               help="runs in parallel, each in its own process with cores/workers torch threads")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--retry-failed", is_flag=True, help="run again the points whose saved status is failed")
+@_cluster_options
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
-def sweep(spec_path, output, workers, overrides, retry_failed, quiet):
+def sweep(spec_path, output, workers, overrides, retry_failed, scheduler, cluster, quiet):
     """Run the Cartesian product of [grid], resumably, and combine it into CUBE.nc."""
+    from .cluster import dask_executor
     from .sweep import sweep as run_sweep
+
+    from .cube import check_writable
 
     _check_suffix(output, (".nc",))
     spec = _spec(spec_path, overrides)
-    cube = run_sweep(spec, output, workers=workers, retry_failed=retry_failed, progress=not quiet)
+    check_writable(output, "output")  # before a cluster starts
+    with dask_executor(scheduler, cluster, workers) as executor:
+        cube = run_sweep(spec, output, workers=workers, executor=executor, retry_failed=retry_failed,
+                         progress=not quiet)
     counts = {s: int((cube["status"] == s).sum()) for s in STATUSES}
     click.echo(", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" -> {output}")
 
@@ -165,19 +180,24 @@ def kernel(spec_path, output, overrides, trained):
               help="add the hessian_spectrum observable, so that the spectrum at h* is stored")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="runs in parallel, each in its own process with cores/workers torch threads")
+@_cluster_options
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
-def jamming(spec_path, output, overrides, h_max, resolution, spectrum, workers, quiet):
+def jamming(spec_path, output, overrides, h_max, resolution, spectrum, workers, scheduler, cluster, quiet):
     """Find the jamming line h*(alpha_tilde): at each alpha_tilde and P of the grid, scan the grid's widths, then
     bisect, for the largest h at which every seed ends with N_Delta > 0. Stores N_Delta / N and the Hessian
     spectrum there, and the training budget the line depends on."""
     import numpy as np
 
+    from .cluster import dask_executor
+    from .cube import check_writable
     from .jamming import find_jamming_line
 
     _check_suffix(output, (".nc",))
     spec = _spec(spec_path, overrides)
-    line = find_jamming_line(spec, output, h_max=h_max, resolution=resolution, spectrum=spectrum,
-                             workers=workers, progress=not quiet)
+    check_writable(output, "line")  # before a cluster starts
+    with dask_executor(scheduler, cluster, workers) as executor:
+        line = find_jamming_line(spec, output, h_max=h_max, resolution=resolution, spectrum=spectrum,
+                                 workers=workers, executor=executor, progress=not quiet)
     for a in line["alpha_tilde"].values:
         for P in line["P"].values:
             pt = line.sel(alpha_tilde=a, P=P)

@@ -179,9 +179,15 @@ class RunFileWarning(UserWarning):
 
 
 def sweep(spec: Spec, out: str | os.PathLike, *, workers: int = 1, executor: cf.Executor | None = None,
-          retry_failed: bool = False, progress: bool = True,
+          client=None, retry_failed: bool = False, progress: bool = True,
           on_run: Callable[[Mapping[str, Any], xr.Dataset], None] | None = None) -> xr.Dataset:
-    """Run every point of ``spec.grid`` not already finished, then write and return the cube at ``out``."""
+    """Run every point of ``spec.grid`` not already finished, then write and return the cube at ``out``. The
+    runs execute in this process, in a pool of ``workers`` processes, on ``executor``, or on the cluster of a
+    dask ``client``; every finished run is written here, as it arrives."""
+    if client is not None:
+        from .cluster import ClientExecutor
+
+        executor = ClientExecutor(client)
     out, runs_dir, lock = prepare_runs(spec, out, workers)
     try:
         return _sweep(spec, out, runs_dir, workers, executor, retry_failed, progress, on_run)
@@ -260,6 +266,9 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
                 except cf.BrokenExecutor as exc:
                     raise DlphaseError(f"a worker process died ({exc}), perhaps out of memory; {saved()} runs "
                                        f"are saved in {runs_dir}; rerun to resume, with fewer --workers") from None
+                except cf.CancelledError:
+                    raise DlphaseError(f"the runs in flight were cancelled (the dask scheduler is gone?); {saved()} "
+                                       f"runs are saved in {runs_dir}; run the same command again to resume") from None
                 except Exception as exc:  # the executor itself failed these runs (e.g. pickling): record it
                     records = [failed_point(spec, p, f"{type(exc).__name__}: {exc}") for p in batch]
                 for point, ds in zip(batch, records):

@@ -1,0 +1,113 @@
+"""Sweeps on a dask.distributed cluster: an existing scheduler, a LocalCluster started here, or (through
+dask-jobqueue) a batch scheduler's jobs.
+
+The sweep's unit of work stays a batch of runs (one ensemble). Its futures come from the client's
+``concurrent.futures`` executor, so the sweep engine treats a cluster like its process pool: each finished
+run comes back to this process, which writes it atomically to ``CUBE.runs/``. dask reruns a batch whose worker
+dies; a batch that raises is recorded as failed; losing the scheduler ends the sweep with every received run
+saved.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import os
+import sys
+from typing import Iterator
+
+from .errors import DlphaseError
+
+#: seconds to wait for a scheduler before giving up on its address
+CONNECT_TIMEOUT = 10
+
+
+def torch_threads_plugin(threads: int):
+    """A dask worker plugin that sets each worker's torch threads (cores / workers on a LocalCluster), so that
+    workers sharing a machine do not oversubscribe its cores."""
+    from distributed import WorkerPlugin
+
+    class TorchThreads(WorkerPlugin):
+        name = "dlphase-torch-threads"
+
+        def setup(self, worker) -> None:
+            import torch
+
+            torch.set_num_threads(threads)
+
+    return TorchThreads()
+
+
+def connect(scheduler: str):
+    """A client of the scheduler at ``scheduler`` (``tcp://HOST:PORT``), or a one-line error."""
+    from distributed import Client
+
+    try:
+        return Client(scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise DlphaseError(f"cannot reach the dask scheduler at {scheduler!r} ({' '.join(str(exc).split())[:200]}); "
+                           f"check the address, or start one with `dask scheduler`") from None
+
+
+def local_client(workers: int):
+    """A LocalCluster of ``workers`` processes with one task each and cores / workers torch threads."""
+    from distributed import Client, LocalCluster
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                           env={"OMP_NUM_THREADS": str(threads)})
+    client = Client(cluster, set_as_default=False)
+    client.register_plugin(torch_threads_plugin(threads))
+    return client
+
+
+@contextlib.contextmanager
+def dask_executor(scheduler: str | None = None, cluster: str | None = None, workers: int = 1,
+                  announce: bool = True) -> Iterator[cf.Executor | None]:
+    """The executor of a dask client for a sweep: of the scheduler at ``scheduler``, or of a ``cluster``
+    (``"local"``: ``workers`` processes here); None when neither is given. With ``announce`` (the command line)
+    the dashboard's address is printed once on stderr, and dask's logs are silenced."""
+    if scheduler and cluster:
+        raise DlphaseError("give either --scheduler ADDRESS or --cluster KIND, not both")
+    if not (scheduler or cluster):
+        yield None
+        return
+    if cluster not in (None, "local"):
+        raise DlphaseError(f"--cluster {cluster!r} is not known; use local (or --scheduler tcp://HOST:PORT)")
+    if announce:  # on the command line, dask's own logs (tracebacks of lost connections) would bury the one-line error
+        import logging
+
+        import distributed  # noqa: F401 - it sets its loggers' levels when imported
+
+        for name in list(logging.root.manager.loggerDict):
+            if name.split(".")[0] in ("distributed", "tornado"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+    client = connect(scheduler) if scheduler else local_client(workers)
+    try:
+        if announce:
+            print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
+        yield ClientExecutor(client)
+    finally:
+        cluster_obj = client.cluster
+        client.close()
+        if cluster_obj is not None:
+            cluster_obj.close()
+
+
+class ClientExecutor(cf.Executor):
+    """A dask client as a ``concurrent.futures`` executor whose tasks are never merged (``pure=False``: two
+    batches with equal arguments are still two runs) and whose worker count sizes the sweep's queue."""
+
+    def __init__(self, client):
+        self.client = client
+        self._inner = client.get_executor(pure=False)
+
+    @property
+    def _max_workers(self) -> int:
+        return max(1, sum(self.client.nthreads().values()))
+
+    def submit(self, fn, /, *args, **kwargs) -> cf.Future:
+        return self._inner.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._inner.shutdown(wait=wait)
