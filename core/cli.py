@@ -75,8 +75,9 @@ def _one_point(spec, command: str):
 
 def _cluster_options(command):
     """--scheduler and --cluster: where the runs execute (dlphase.cluster)."""
-    command = click.option("--cluster", default=None, type=click.Choice(["local"]),
-                           help="start a dask cluster: local (--workers processes here)")(command)
+    command = click.option("--cluster", default=None, type=click.Choice(["local", "slurm", "pbs", "sge"]),
+                           help="start a dask cluster: local (--workers processes here), or batch jobs on slurm, "
+                                "pbs or sge as the spec's [cluster] says")(command)
     return click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
                         help="run on the workers of this dask scheduler")(command)
 
@@ -138,7 +139,7 @@ def sweep(spec_path, output, workers, overrides, retry_failed, scheduler, cluste
     _check_suffix(output, (".nc",))
     spec = _spec(spec_path, overrides)
     check_writable(output, "output")  # before a cluster starts
-    with dask_executor(scheduler, cluster, workers) as executor:
+    with dask_executor(scheduler, cluster, workers, spec.cluster) as executor:
         cube = run_sweep(spec, output, workers=workers, executor=executor, retry_failed=retry_failed,
                          progress=not quiet)
     counts = {s: int((cube["status"] == s).sum()) for s in STATUSES}
@@ -195,7 +196,7 @@ def jamming(spec_path, output, overrides, h_max, resolution, spectrum, workers, 
     _check_suffix(output, (".nc",))
     spec = _spec(spec_path, overrides)
     check_writable(output, "line")  # before a cluster starts
-    with dask_executor(scheduler, cluster, workers) as executor:
+    with dask_executor(scheduler, cluster, workers, spec.cluster) as executor:
         line = find_jamming_line(spec, output, h_max=h_max, resolution=resolution, spectrum=spectrum,
                                  workers=workers, executor=executor, progress=not quiet)
     for a in line["alpha_tilde"].values:

@@ -17,6 +17,7 @@ import sys
 from typing import Iterator
 
 from .errors import DlphaseError
+from .specs import ClusterSettings
 
 #: seconds to wait for a scheduler before giving up on its address
 CONNECT_TIMEOUT = 10
@@ -61,19 +62,51 @@ def local_client(workers: int):
     return client
 
 
+#: dask-jobqueue's cluster class for each batch scheduler
+JOBQUEUE = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster"}
+KINDS = ("local", *JOBQUEUE)
+
+
+def jobqueue_cluster(kind: str, settings: ClusterSettings | None):
+    """The dask-jobqueue cluster of ``settings`` (defaults if None): jobs of ``processes`` workers, each running
+    one batch at a time with cores / processes torch threads, scaled to ``jobs`` or adaptively."""
+    import dask_jobqueue
+
+    settings = settings or ClusterSettings()
+    threads = settings.cores // settings.processes
+    kwargs = dict(queue=settings.queue, account=settings.account, cores=settings.cores,
+                  processes=settings.processes, memory=settings.memory, walltime=settings.walltime,
+                  job_extra_directives=list(settings.job_extra), python=settings.python or sys.executable,
+                  job_script_prologue=[*settings.prologue, f"export OMP_NUM_THREADS={threads}"],
+                  worker_extra_args=["--nthreads", "1"])
+    if kind == "sge":
+        kwargs.pop("account")
+        kwargs["project"] = settings.account
+    try:
+        cluster = getattr(dask_jobqueue, JOBQUEUE[kind])(**kwargs)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise DlphaseError(f"cannot start a {kind} cluster: {' '.join(str(exc).split())[:300]}; check [cluster]")
+    if settings.adapt_maximum is not None:
+        cluster.adapt(minimum_jobs=settings.adapt_minimum, maximum_jobs=settings.adapt_maximum)
+    else:
+        cluster.scale(jobs=settings.jobs)
+    return cluster, threads
+
+
 @contextlib.contextmanager
 def dask_executor(scheduler: str | None = None, cluster: str | None = None, workers: int = 1,
-                  announce: bool = True) -> Iterator[cf.Executor | None]:
+                  settings: ClusterSettings | None = None, announce: bool = True) -> Iterator[cf.Executor | None]:
     """The executor of a dask client for a sweep: of the scheduler at ``scheduler``, or of a ``cluster``
-    (``"local"``: ``workers`` processes here); None when neither is given. With ``announce`` (the command line)
+    (``"local"``: ``workers`` processes here; ``"slurm"``, ``"pbs"``, ``"sge"``: batch jobs as ``settings``
+    say); None when neither is given. With ``announce`` (the command line)
     the dashboard's address is printed once on stderr, and dask's logs are silenced."""
     if scheduler and cluster:
         raise DlphaseError("give either --scheduler ADDRESS or --cluster KIND, not both")
     if not (scheduler or cluster):
         yield None
         return
-    if cluster not in (None, "local"):
-        raise DlphaseError(f"--cluster {cluster!r} is not known; use local (or --scheduler tcp://HOST:PORT)")
+    if cluster not in (None, *KINDS):
+        raise DlphaseError(f"--cluster {cluster!r} is not known; use one of {', '.join(KINDS)}, or --scheduler ADDRESS")
     if announce:  # on the command line, dask's own logs (tracebacks of lost connections) would bury the one-line error
         import logging
 
@@ -82,7 +115,16 @@ def dask_executor(scheduler: str | None = None, cluster: str | None = None, work
         for name in list(logging.root.manager.loggerDict):
             if name.split(".")[0] in ("distributed", "tornado"):
                 logging.getLogger(name).setLevel(logging.CRITICAL)
-    client = connect(scheduler) if scheduler else local_client(workers)
+    if scheduler:
+        client = connect(scheduler)
+    elif cluster == "local":
+        client = local_client(workers)
+    else:
+        from distributed import Client
+
+        batch_cluster, threads = jobqueue_cluster(cluster, settings)
+        client = Client(batch_cluster, set_as_default=False)
+        client.register_plugin(torch_threads_plugin(threads))
     try:
         if announce:
             print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)

@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -28,7 +29,7 @@ from .manager import PluginManager, get_manager
 GRID_DIMS = ("h", "alpha_tilde", "P", "seed")
 #: the sections of a spec that, with ``run.dtype`` and the grid point, determine a run's result
 RUN_SECTIONS = ("dataset", "architecture", "dynamics", "observables")
-SECTIONS = ("dataset", "architecture", "dynamics", "observables", "grid", "run")
+SECTIONS = ("dataset", "architecture", "dynamics", "observables", "grid", "run", "cluster")
 
 
 # -- helpers for plugin authors --------------------------------------------------------------------
@@ -108,6 +109,48 @@ class RunOptions:
             raise ValueError(f"device {value!r} asked for but CUDA is not available here; use cpu")
 
 
+_WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}:\d{2}$")
+_MEMORY = re.compile(r"^\d+(\.\d+)?\s*[KMGT]i?B$")
+
+
+def _matches(pattern: re.Pattern, example: str):
+    def validator(instance, attribute, value):
+        if not pattern.match(value):
+            raise ValueError(f"{attribute.name} = {value!r} is not like {example!r}")
+    return validator
+
+
+@attrs.frozen(kw_only=True)
+class ClusterSettings:
+    """The batch jobs that ``--cluster slurm`` (or pbs, sge) submits through dask-jobqueue, one or more dask
+    workers each. Not part of any run's identity: the same spec runs anywhere."""
+
+    queue: str | None = param(default=None, doc="partition (slurm) or queue (pbs, sge); the system's default if unset")
+    account: str | None = param(default=None, doc="account or project charged for the jobs")
+    cores: int = param(default=1, validator=positive, doc="cores per job")
+    processes: int = param(default=1, validator=positive, doc="dask workers per job, one batch at a time each, "
+                                                                "with cores / processes torch threads")
+    memory: str = param(default="4GB", validator=_matches(_MEMORY, "16GB"), doc="memory per job, e.g. 16GB")
+    walltime: str = param(default="01:00:00", validator=_matches(_WALLTIME, "04:00:00"),
+                          doc="wall time per job, [D-]HH:MM:SS")
+    jobs: int = param(default=1, validator=non_negative, doc="jobs to start when adapt_maximum is unset")
+    adapt_minimum: int = param(default=0, validator=non_negative, doc="adaptive scaling: fewest jobs")
+    adapt_maximum: int | None = param(default=None, validator=positive,
+                                      doc="adaptive scaling: most jobs (unset: a fixed number of jobs)")
+    job_extra: tuple[str, ...] = param(default=(), converter=tuple,
+                                       doc="extra scheduler directives, e.g. [\"--gres=gpu:1\"] for slurm")
+    prologue: tuple[str, ...] = param(default=(), converter=tuple,
+                                      doc="shell lines run in each job before the worker, e.g. module loads")
+    python: str | None = param(default=None, doc="python on the nodes (default: this one)")
+    shared_fs: bool = param(default=False, doc="reserved: runs always come back to the command, which writes them")
+
+    def __attrs_post_init__(self):
+        if self.processes > self.cores:
+            raise ValueError(f"processes = {self.processes} exceeds cores = {self.cores}; each worker needs a core")
+        if self.adapt_maximum is not None and self.adapt_minimum > self.adapt_maximum:
+            raise ValueError(f"adapt_minimum = {self.adapt_minimum} exceeds adapt_maximum = {self.adapt_maximum}")
+
+
 # -- the whole spec --------------------------------------------------------------------------------
 @attrs.frozen(kw_only=True)
 class Spec:
@@ -119,6 +162,7 @@ class Spec:
     observables: tuple[Observable, ...]
     grid: Grid
     run: RunOptions = attrs.field(factory=RunOptions)
+    cluster: ClusterSettings | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical nested dict, defaults filled in; ``Spec.from_dict`` of it gives this spec back."""
@@ -133,16 +177,22 @@ class Spec:
                 "dynamics": component_to_dict(self.dynamics),
                 "observables": obs,
                 "grid": {k: list(v) for k, v in attrs.asdict(self.grid).items()},
-                "run": attrs.asdict(self.run)}
+                "run": attrs.asdict(self.run),
+                **({"cluster": attrs.asdict(self.cluster)} if self.cluster is not None else {})}
 
-    def to_toml(self) -> str:
-        """The spec as TOML; parameters that are None (TOML has no null) are left out: they are defaults."""
+    def to_toml(self, cluster: bool = False) -> str:
+        """The spec as TOML; parameters that are None (TOML has no null) are left out: they are defaults. The
+        [cluster] section says where runs execute, not what they compute, so cubes and runs folders, which
+        store this TOML, leave it out (``cluster=True`` keeps it): a cube is the same from a laptop or a cluster."""
         import tomli_w
 
         def drop_none(d):
             return {k: drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
 
-        return tomli_w.dumps(drop_none(self.to_dict()))
+        d = self.to_dict()
+        if not cluster:
+            d.pop("cluster", None)
+        return tomli_w.dumps(drop_none(d))
 
     def run_id(self, point: Mapping[str, Any]) -> str:
         """A stable id of one run: a hash of everything that determines its result."""
@@ -316,6 +366,8 @@ def build_spec(raw: Mapping[str, Any], manager: PluginManager | None = None) -> 
 
     grid = build_attrs(Grid, raw["grid"], "grid", manager, what="[grid]")
     run = build_attrs(RunOptions, raw.get("run", {}), "run", manager, what="[run]")
+    cluster = build_attrs(ClusterSettings, raw["cluster"], "cluster", manager, what="[cluster]") \
+        if "cluster" in raw else None
 
     try:
         architecture.check(dataset)
@@ -350,7 +402,7 @@ def build_spec(raw: Mapping[str, Any], manager: PluginManager | None = None) -> 
         raise SpecError(f"grid.P = {max(grid.P)} is larger than the {limit} training points dataset "
                         f"{dataset.name!r} can serve with these parameters; lower P (or the test set size)")
     return Spec(dataset=dataset, architecture=architecture, dynamics=dynamics,
-                observables=observables, grid=grid, run=run)
+                observables=observables, grid=grid, run=run, cluster=cluster)
 
 
 def validation_points(dynamics: Dynamics) -> int:

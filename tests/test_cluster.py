@@ -17,7 +17,7 @@ import xarray as xr
 import dlphase
 from dlphase.specs import load_spec
 from dlphase.sweep import runs_dir_for
-from tests.conftest import THREADS, run_cli, write
+from tests.conftest import THREADS, run_cli, run_cli_here, write
 from tests.test_cli_errors import assert_clean_error
 from tests.test_jamming import JAM_SPEC
 from tests.test_kills import assert_bit_identical
@@ -162,3 +162,110 @@ def test_jamming_on_a_local_cluster_finds_the_in_process_line(tmp_path):
     assert there.returncode == 0, there.stderr
     assert there.stdout == here.stdout.replace("here.nc", "there.nc")
     assert_bit_identical(xr.open_dataset(tmp_path / "there.nc").load(), xr.open_dataset(tmp_path / "here.nc").load())
+
+
+SLURM_CONF = """ClusterName=dlphase-test
+SlurmctldHost={host}
+SlurmUser=root
+SlurmdUser=root
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+AuthType=auth/munge
+StateSaveLocation={dir}/state
+SlurmdSpoolDir={dir}/spool
+SlurmctldPidFile={dir}/slurmctld.pid
+SlurmdPidFile={dir}/slurmd.pid
+SlurmctldLogFile={dir}/slurmctld.log
+SlurmdLogFile={dir}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SchedulerType=sched/builtin
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+ReturnToService=2
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/filetxt
+JobCompLoc={dir}/jobs.txt
+MpiDefault=none
+NodeName={host} CPUs={cpus} RealMemory=4000 State=UNKNOWN
+PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def slurm(tmp_path, monkeypatch):
+    """A single-node SLURM cluster (Debian's slurm-wlm and munge, as root: .ci/run installs them)."""
+    import shutil
+    import socket
+
+    if not all(shutil.which(b) for b in ("slurmctld", "slurmd", "munged", "sbatch")) or os.geteuid() != 0:
+        pytest.skip("needs Debian's slurm-wlm and munge, and root (.ci/run installs them)")
+    if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
+        Path("/run/munge").mkdir(exist_ok=True)
+        shutil.chown("/run/munge", "munge", "munge")
+        if not Path("/etc/munge/munge.key").exists():
+            subprocess.run(["runuser", "-u", "munge", "--", "mungekey", "--create"], check=True)
+        subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
+    folder = tmp_path / "slurm"
+    for sub in ("state", "spool"):
+        (folder / sub).mkdir(parents=True)
+    conf = folder / "slurm.conf"
+    conf.write_text(SLURM_CONF.format(host=socket.gethostname(), ctld_port=free_port(), d_port=free_port(),
+                                      dir=folder, cpus=os.cpu_count()))
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    subprocess.run(["slurmctld", "-c", "-i"], check=True)
+    subprocess.run(["slurmd"], check=True)
+    try:
+        wait_for(lambda: "idle" in subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True,
+                                                   text=True).stdout, what="an idle SLURM node")
+        yield folder
+    finally:
+        subprocess.run(["scancel", "--user", "root"], capture_output=True)
+        for daemon in ("slurmd", "slurmctld"):
+            pid = folder / f"{daemon}.pid"
+            if pid.exists():
+                with_pid(int(pid.read_text()), signal.SIGTERM)
+
+
+def with_pid(pid: int, sig) -> None:
+    try:
+        os.kill(pid, sig)
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=30, what=f"pid {pid} to end")
+    except ProcessLookupError:
+        pass
+
+
+def test_a_sweep_through_slurm_equals_the_in_process_one(tiny_spec, tmp_path, slurm):
+    """`--cluster slurm` with the spec's [cluster]: the workers run as SLURM jobs (in the job log), the runs come
+    back, and the cube is the in-process one."""
+    spec = write(tmp_path / "slurm.toml", tiny_spec.read_text() + '\n[cluster]\ncores = 1\nmemory = "1GB"\n'
+                 'walltime = "00:10:00"\njobs = 2\n')
+    res = run_cli("sweep", spec, "-o", tmp_path / "cube.nc", "-q", "--cluster", "slurm", *GRID)
+    assert res.returncode == 0, res.stderr
+    jobs = [line for line in (slurm / "jobs.txt").read_text().splitlines() if "Name=dask-worker" in line]
+    assert len(jobs) == 2 and all("NodeList=" + __import__("socket").gethostname() in j for j in jobs), jobs
+    assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip() == ""  # jobs ended
+    assert_same_results(dlphase.open_cube(tmp_path / "cube.nc"), reference(tiny_spec, tmp_path))
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("cores = -1", "cluster.cores must be > 0"),
+    ('walltime = "2 hours"', "cluster.walltime = '2 hours' is not like '04:00:00'"),
+    ('memory = "lots"', "cluster.memory = 'lots' is not like '16GB'"),
+    ("nodes = 3", "unknown key cluster.nodes for [cluster]"),
+    ("cores = 2\nprocesses = 4", "processes = 4 exceeds cores = 2"),
+])
+def test_bad_cluster_settings_are_one_line(tiny_spec, tmp_path, setting, message):
+    spec = write(tmp_path / "bad.toml", tiny_spec.read_text() + f"\n[cluster]\n{setting}\n")
+    res = run_cli_here("sweep", spec, "-o", tmp_path / "cube.nc", "--cluster", "slurm")
+    assert_clean_error(res, message)
+    assert not (tmp_path / "cube.nc").exists()
