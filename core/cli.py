@@ -78,8 +78,19 @@ def _cluster_options(command):
     command = click.option("--cluster", default=None, type=click.Choice(["local", "slurm", "pbs", "sge"]),
                            help="start a dask cluster: local (--workers processes here), or batch jobs on slurm, "
                                 "pbs or sge as the spec's [cluster] says")(command)
+    command = click.option("--cluster-config", default=None, metavar="CLUSTER.toml",
+                           help="cluster settings from this file instead of the spec's [cluster]")(command)
     return click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
                         help="run on the workers of this dask scheduler")(command)
+
+
+def _with_cluster_config(spec, path):
+    """The spec with the [cluster] settings of ``path`` (when given)."""
+    import attrs
+
+    from .specs import load_cluster_settings
+
+    return spec if path is None else attrs.evolve(spec, cluster=load_cluster_settings(path))
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -129,7 +140,7 @@ def run(spec_path, output, overrides):
 @click.option("--retry-failed", is_flag=True, help="run again the points whose saved status is failed")
 @_cluster_options
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
-def sweep(spec_path, output, workers, overrides, retry_failed, scheduler, cluster, quiet):
+def sweep(spec_path, output, workers, overrides, retry_failed, scheduler, cluster, cluster_config, quiet):
     """Run the Cartesian product of [grid], resumably, and combine it into CUBE.nc."""
     from .cluster import dask_executor
     from .sweep import sweep as run_sweep
@@ -137,7 +148,7 @@ def sweep(spec_path, output, workers, overrides, retry_failed, scheduler, cluste
     from .cube import check_writable
 
     _check_suffix(output, (".nc",))
-    spec = _spec(spec_path, overrides)
+    spec = _with_cluster_config(_spec(spec_path, overrides), cluster_config)
     check_writable(output, "output")  # before a cluster starts
     with dask_executor(scheduler, cluster, workers, spec.cluster) as executor:
         cube = run_sweep(spec, output, workers=workers, executor=executor, retry_failed=retry_failed,
@@ -183,7 +194,8 @@ def kernel(spec_path, output, overrides, trained):
               help="runs in parallel, each in its own process with cores/workers torch threads")
 @_cluster_options
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
-def jamming(spec_path, output, overrides, h_max, resolution, spectrum, workers, scheduler, cluster, quiet):
+def jamming(spec_path, output, overrides, h_max, resolution, spectrum, workers, scheduler, cluster, cluster_config,
+            quiet):
     """Find the jamming line h*(alpha_tilde): at each alpha_tilde and P of the grid, scan the grid's widths, then
     bisect, for the largest h at which every seed ends with N_Delta > 0. Stores N_Delta / N and the Hessian
     spectrum there, and the training budget the line depends on."""
@@ -194,7 +206,7 @@ def jamming(spec_path, output, overrides, h_max, resolution, spectrum, workers, 
     from .jamming import find_jamming_line
 
     _check_suffix(output, (".nc",))
-    spec = _spec(spec_path, overrides)
+    spec = _with_cluster_config(_spec(spec_path, overrides), cluster_config)
     check_writable(output, "line")  # before a cluster starts
     with dask_executor(scheduler, cluster, workers, spec.cluster) as executor:
         line = find_jamming_line(spec, output, h_max=h_max, resolution=resolution, spectrum=spectrum,

@@ -142,7 +142,8 @@ class ClusterSettings:
     prologue: tuple[str, ...] = param(default=(), converter=tuple,
                                       doc="shell lines run in each job before the worker, e.g. module loads")
     python: str | None = param(default=None, doc="python on the nodes (default: this one)")
-    shared_fs: bool = param(default=False, doc="reserved: runs always come back to the command, which writes them")
+    shared_fs: bool = param(default=False, doc="the workers see the output's folder and write each run themselves, "
+                                               "instead of sending it back to the command")
 
     def __attrs_post_init__(self):
         if self.processes > self.cores:
@@ -459,6 +460,16 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path} is not valid TOML: {exc}; fix the syntax") from None
+
+
+def load_cluster_settings(path: str | Path) -> ClusterSettings:
+    """Cluster settings from a TOML file of their own: the keys of a spec's [cluster], at the top or in a
+    [cluster] table."""
+    if not Path(path).is_file():
+        raise SpecError(f"cluster config {str(path)!r} does not exist; check the path")
+    raw = read_toml(path)
+    table = raw["cluster"] if set(raw) == {"cluster"} and isinstance(raw["cluster"], Mapping) else raw
+    return build_attrs(ClusterSettings, table, "cluster", get_manager(), what=f"[cluster] in {path}")
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (),

@@ -9,6 +9,7 @@ default the runs execute in this process, or in a process pool with ``workers > 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import multiprocessing
 import os
 import sys
@@ -179,23 +180,26 @@ class RunFileWarning(UserWarning):
 
 
 def sweep(spec: Spec, out: str | os.PathLike, *, workers: int = 1, executor: cf.Executor | None = None,
-          client=None, retry_failed: bool = False, progress: bool = True,
+          client=None, retry_failed: bool = False, progress: bool = True, shared_fs: bool | None = None,
           on_run: Callable[[Mapping[str, Any], xr.Dataset], None] | None = None) -> xr.Dataset:
     """Run every point of ``spec.grid`` not already finished, then write and return the cube at ``out``. The
     runs execute in this process, in a pool of ``workers`` processes, on ``executor``, or on the cluster of a
-    dask ``client``; every finished run is written here, as it arrives."""
+    dask ``client``; every finished run is written here as it arrives, or, with ``shared_fs`` (workers that see
+    ``out``'s folder; default: the spec's ``cluster.shared_fs``), by the worker that trained it."""
+    if shared_fs is None:
+        shared_fs = spec.cluster is not None and spec.cluster.shared_fs
     if client is not None:
         from .cluster import ClientExecutor
 
         executor = ClientExecutor(client)
     out, runs_dir, lock = prepare_runs(spec, out, workers)
     try:
-        return _sweep(spec, out, runs_dir, workers, executor, retry_failed, progress, on_run)
+        return _sweep(spec, out, runs_dir, workers, executor, retry_failed, progress, on_run, shared_fs)
     finally:
         lock.release()
 
 
-def _sweep(spec, out, runs_dir, workers, executor, retry_failed, progress, on_run) -> xr.Dataset:
+def _sweep(spec, out, runs_dir, workers, executor, retry_failed, progress, on_run, shared_fs) -> xr.Dataset:
     points = spec.grid.points()
 
     def finished(point) -> bool:
@@ -214,7 +218,7 @@ def _sweep(spec, out, runs_dir, workers, executor, retry_failed, progress, on_ru
     bar = _progress(total=len(points), initial=len(points) - n_todo, enabled=progress)
     try:
         run_batches(spec, batches, runs_dir, workers=workers, executor=executor, bar=bar, on_run=on_run,
-                    all_points=points, keep=done)
+                    all_points=points, keep=done, shared_fs=shared_fs)
     finally:
         bar.close()
 
@@ -235,12 +239,15 @@ def write_cube(cube: xr.Dataset, out: Path, runs_dir: Path) -> None:
 def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Path, *, workers: int = 1,
                 executor: cf.Executor | None = None, bar=None,
                 on_run: Callable[[Mapping[str, Any], xr.Dataset], None] | None = None,
-                all_points: list[Mapping[str, Any]] | None = None, keep: Collection[tuple] = ()) -> None:
+                all_points: list[Mapping[str, Any]] | None = None, keep: Collection[tuple] = (),
+                shared_fs: bool = False) -> None:
     """Train ``batches`` (lists of points that share h and P) on ``executor`` and write each finished run to
     ``runs_dir/<run_id>.nc`` as soon as its batch ends, except the points in ``keep`` (grid tuples), whose files
-    are kept as they are. A worker that dies, or Ctrl-C, leaves every finished run saved and says how many of
-    ``all_points`` (default: the batches' points) are saved and how to resume."""
+    are kept as they are. With ``shared_fs`` the workers, which see ``runs_dir``, write the runs themselves and
+    send back their status alone. A worker that dies, or Ctrl-C, leaves every finished run saved and says how
+    many of ``all_points`` (default: the batches' points) are saved and how to resume."""
     all_points = all_points or [p for b in batches for p in b]
+    task = functools.partial(execute_and_save, runs_dir=runs_dir, keep=set(keep)) if shared_fs else execute_group
 
     def saved() -> str:
         return f"{sum(run_path(runs_dir, spec, p).exists() for p in all_points)} of {len(all_points)}"
@@ -257,7 +264,7 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
         while queue or pending:
             while queue and len(pending) < limit:
                 batch = queue.pop(0)
-                pending[executor.submit(execute_group, spec, batch)] = batch
+                pending[executor.submit(task, spec, batch)] = batch
             done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
             for future in done:
                 batch = pending.pop(future)
@@ -273,7 +280,7 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
                     records = [failed_point(spec, p, f"{type(exc).__name__}: {exc}") for p in batch]
                 for point, ds in zip(batch, records):
                     # a saved run trained again as a member of its batch keeps its file
-                    if tuple(point[k] for k in GRID_DIMS) not in keep:
+                    if tuple(point[k] for k in GRID_DIMS) not in keep and not ds.attrs.get(WRITTEN_BY_WORKER):
                         try:
                             write_atomic(ds, run_path(runs_dir, spec, point))
                         except DiskFullError as exc:
@@ -283,7 +290,8 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
                         bar.set_postfix_str(f"last: h={point['h']} at={point['alpha_tilde']:g} {ds['status'].item()}")
                         bar.update(1)
                     if on_run is not None:
-                        on_run(point, ds)
+                        on_run(point, open_cube(run_path(runs_dir, spec, point)) if ds.attrs.get(WRITTEN_BY_WORKER)
+                               else ds)
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
@@ -293,6 +301,20 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
     finally:
         if own_executor:
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+#: the attribute of the status-only record a worker sends back for a run it wrote itself
+WRITTEN_BY_WORKER = "dlphase_written_by_worker"
+
+
+def execute_and_save(spec: Spec, batch: list[Mapping[str, Any]], runs_dir: Path, keep: set[tuple]) -> list[xr.Dataset]:
+    """Train a batch on a worker that sees the runs folder, write its runs there (but those in ``keep``), and
+    return their status alone, so that the runs' arrays never travel back."""
+    records = execute_group(spec, batch)
+    for point, ds in zip(batch, records):
+        if tuple(point[k] for k in GRID_DIMS) not in keep:
+            write_atomic(ds, run_path(runs_dir, spec, point))
+    return [xr.Dataset({"status": ds["status"]}, attrs={WRITTEN_BY_WORKER: 1}) for ds in records]
 
 
 def _progress(total: int | None, initial: int, enabled: bool, desc: str = "sweep"):

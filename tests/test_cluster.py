@@ -2,6 +2,7 @@
 processes on 127.0.0.1. The cube equals the in-process sweep's bit for bit, also when a worker or the client is
 SIGKILLed mid-sweep; an unreachable scheduler is one line of error."""
 
+import importlib
 import json
 import os
 import signal
@@ -269,3 +270,36 @@ def test_bad_cluster_settings_are_one_line(tiny_spec, tmp_path, setting, message
     res = run_cli_here("sweep", spec, "-o", tmp_path / "cube.nc", "--cluster", "slurm")
     assert_clean_error(res, message)
     assert not (tmp_path / "cube.nc").exists()
+
+
+def test_workers_on_a_shared_filesystem_write_the_runs_themselves(tiny_spec, tmp_path, dask_cluster, monkeypatch):
+    """[cluster] shared_fs = true: each worker writes its runs (the records that come back hold the status
+    alone), and the cube is the in-process one."""
+    spec = write(tmp_path / "shared.toml", tiny_spec.read_text() + "\n[cluster]\nshared_fs = true\n")
+    here = reference(tiny_spec, tmp_path)
+    engine = importlib.import_module("dlphase.sweep")
+    written_here = []
+    monkeypatch.setattr(engine, "write_atomic", lambda ds, path: written_here.append(path))
+    from distributed import Client
+
+    with Client(dask_cluster.address, set_as_default=False) as client:
+        cube = dlphase.sweep(load_spec(spec, [a for a in GRID if a != "--set"]), tmp_path / "cube.nc", client=client,
+                             progress=False)
+    assert written_here == [tmp_path / "cube.nc"]  # the cube alone: every run file came from a worker
+    assert len(list(runs_dir_for(tmp_path / "cube.nc").glob("*.nc"))) == 12
+    assert_same_results(cube, here)
+
+
+def test_cluster_settings_from_a_file_of_their_own(tiny_spec, tmp_path):
+    """--cluster-config: the [cluster] keys in a file of their own, checked as strictly."""
+    config = write(tmp_path / "cluster.toml", "cores = 4\nprocesses = 8\n")
+    res = run_cli_here("sweep", tiny_spec, "-o", tmp_path / "cube.nc", "--cluster", "slurm", "--cluster-config", config)
+    assert_clean_error(res, "processes = 8 exceeds cores = 4")
+    res = run_cli_here("sweep", tiny_spec, "-o", tmp_path / "cube.nc", "--cluster", "slurm", "--cluster-config",
+                       tmp_path / "none.toml")
+    assert_clean_error(res, "cluster config", "does not exist")
+    from dlphase.specs import load_cluster_settings
+
+    write(config, '[cluster]\nqueue = "short"\ncores = 8\nprocesses = 2\nadapt_maximum = 20\n')
+    settings = load_cluster_settings(config)
+    assert (settings.queue, settings.cores, settings.processes, settings.adapt_maximum) == ("short", 8, 2, 20)
