@@ -50,13 +50,30 @@ def connect(scheduler: str):
                            f"check the address, or start one with `dask scheduler`") from None
 
 
+#: dask settings for the workers dlphase starts. A worker's profiler, GIL monitor and fast ticks take the GIL
+#: every few milliseconds from the thread that trains, whose Python step loop then waits: with them a batch
+#: trained 20-50% slower than in a process pool, without them within a few per cent (benchmarks/scale.py).
+QUIET_WORKERS = {"distributed.worker.profile.enabled": False, "distributed.admin.system-monitor.gil.enabled": False,
+                 "distributed.admin.tick.interval": "1s", "distributed.admin.system-monitor.interval": "5s",
+                 "distributed.worker.memory.monitor-interval": "5s"}
+
+
+def worker_environment() -> dict[str, str]:
+    """:data:`QUIET_WORKERS` as the environment variables a ``dask worker`` started elsewhere reads."""
+    return {"DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
+            for key, value in QUIET_WORKERS.items()}
+
+
 def local_client(workers: int):
     """A LocalCluster of ``workers`` processes with one task each and cores / workers torch threads."""
     from distributed import Client, LocalCluster
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           env={"OMP_NUM_THREADS": str(threads)})
+    import dask
+
+    with dask.config.set(QUIET_WORKERS):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               env={"OMP_NUM_THREADS": str(threads)})
     client = Client(cluster, set_as_default=False)
     client.register_plugin(torch_threads_plugin(threads))
     return client
@@ -77,7 +94,8 @@ def jobqueue_cluster(kind: str, settings: ClusterSettings | None):
     kwargs = dict(queue=settings.queue, account=settings.account, cores=settings.cores,
                   processes=settings.processes, memory=settings.memory, walltime=settings.walltime,
                   job_extra_directives=list(settings.job_extra), python=settings.python or sys.executable,
-                  job_script_prologue=[*settings.prologue, f"export OMP_NUM_THREADS={threads}"],
+                  job_script_prologue=[*settings.prologue, f"export OMP_NUM_THREADS={threads}",
+                                       *(f"export {k}={v}" for k, v in worker_environment().items())],
                   worker_extra_args=["--nthreads", "1"])
     if kind == "sge":
         kwargs.pop("account")

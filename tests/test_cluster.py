@@ -16,6 +16,7 @@ import pytest
 import xarray as xr
 
 import dlphase
+from dlphase.cluster import worker_environment
 from dlphase.specs import load_spec
 from dlphase.sweep import runs_dir_for
 from tests.conftest import THREADS, run_cli, run_cli_here, write
@@ -41,7 +42,7 @@ def wait_for(condition, timeout=60.0, what="the condition"):
 @pytest.fixture
 def dask_cluster(tmp_path):
     """A scheduler and two single-threaded workers (no nanny: a killed worker stays dead)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), **worker_environment()}
     file = tmp_path / "scheduler.json"
     logs = tmp_path / "dask-logs"
     logs.mkdir()
