@@ -76,10 +76,16 @@ def with_signal(proc, sig):
     proc.wait(timeout=30)
 
 
+_REFERENCE = {}
+
+
 def reference(tiny_spec, tmp_path):
-    """The in-process sweep of the same spec."""
-    spec = load_spec(tiny_spec, [a for a in GRID if a != "--set"])
-    return dlphase.sweep(spec, tmp_path / "here.nc", progress=False)
+    """The in-process sweep of the same spec (computed once per session: every test here compares with it)."""
+    key = tiny_spec.read_text()
+    if key not in _REFERENCE:
+        spec = load_spec(tiny_spec, [a for a in GRID if a != "--set"])
+        _REFERENCE[key] = dlphase.sweep(spec, tmp_path / "here.nc", progress=False)
+    return _REFERENCE[key]
 
 
 def sweep_process(tiny_spec, out, address):
