@@ -257,7 +257,8 @@ def test_a_sweep_through_slurm_equals_the_in_process_one(tiny_spec, tmp_path, sl
     back, and the cube is the in-process one."""
     spec = write(tmp_path / "slurm.toml", tiny_spec.read_text() + '\n[cluster]\ncores = 1\nmemory = "1GB"\n'
                  'walltime = "00:10:00"\njobs = 2\n')
-    res = run_cli("sweep", spec, "-o", tmp_path / "cube.nc", "-q", "--cluster", "slurm", *GRID)
+    # from tmp_path: SLURM writes each job's slurm-JOBID.out in the folder it was submitted from
+    res = run_cli("sweep", spec, "-o", tmp_path / "cube.nc", "-q", "--cluster", "slurm", *GRID, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     jobs = [line for line in (slurm / "jobs.txt").read_text().splitlines() if "Name=dask-worker" in line]
     assert len(jobs) == 2 and all("NodeList=" + __import__("socket").gethostname() in j for j in jobs), jobs
