@@ -1,4 +1,4 @@
-"""The double descent (SCIENCE.md section 5, claim 2): test error against h and N at each alpha_tilde, peaking at
+"""The double descent: test error against h and N at each alpha_tilde, peaking at
 jamming, and the ensemble test error eps(<f>), whose second peak goes away; |f| diverges toward jamming."""
 
 from __future__ import annotations

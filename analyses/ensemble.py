@@ -1,6 +1,6 @@
 """The ensemble predictor <f> = mean over seeds of f, its test error eps(<f>) beside the mean and spread of eps(f),
 the gap <eps(f)> - eps(<f>) and the fluctuations |f - <f>|, with bootstrap intervals over the seeds
-(SCIENCE.md section 4)."""
+as in the paper."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fluctuation scaling past jamming (SCIENCE.md section 5, claim 3): the RMS over the test set of f - <f>,
+"""Fluctuation scaling past jamming: the RMS over the test set of f - <f>,
 averaged over seeds, ~ N^(-1/4), and the gap <eps(f)> - eps(<f>) ~ N^(-1/2), fitted as power laws of N with
 confidence intervals, jammed points and points near jamming left out (and said so)."""
 

@@ -1,4 +1,4 @@
-"""Learning curves eps(P) ~ P^(-beta) (SCIENCE.md section 4): the test error against P (or any other dim) in each
+"""Learning curves eps(P) ~ P^(-beta): the test error against P (or any other dim) in each
 regime, and the fitted exponent beta with its confidence interval."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The jamming line h*(alpha_tilde): the largest width at which every seed ends jammed (N_Delta > 0), found as in
-the paper by a scan over widths and then bisection (SCIENCE.md section 4). The line lies between h* and the next
+the paper by a scan over widths and then bisection. The line lies between h* and the next
 width tried; where it sits depends on the training budget, which is stored with it.
 
 Each (alpha_tilde, P) of the grid is searched on its own, but the searches advance in rounds so that the runs of

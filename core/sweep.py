@@ -260,7 +260,8 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
         queue = list(batches)
         # batches in flight: twice the workers (an external executor's own worker count where it has one); one
         # in this process, so that each batch is saved before the next one trains
-        limit = 1 if isinstance(executor, InlineExecutor) else 2 * max(workers, getattr(executor, "_max_workers", 1) or 1)
+        limit = 1 if isinstance(executor, InlineExecutor) else \
+            2 * max(workers, getattr(executor, "_max_workers", 1) or 1)
         while queue or pending:
             while queue and len(pending) < limit:
                 batch = queue.pop(0)

@@ -1,4 +1,4 @@
-"""A convolutional net in the NTK parametrisation (SCIENCE.md section 1).
+"""A convolutional net in the NTK parametrisation.
 
 ``depth`` convolutions with h channels, each weight N(0,1) scaled by 1/sqrt(fan_in = channels k^2),
 kernel k x k, stride 2 (the reference's 5 x 5, stride 2), then global average pooling of sigma(a_L)

@@ -1,4 +1,4 @@
-"""The fully connected net of SCIENCE.md section 1, in the NTK (LeCun) parametrisation.
+"""The paper's fully connected net, in the NTK (LeCun) parametrisation.
 
 a_1 = W_1 x / sqrt(d) + B_1,  a_i = W_i sigma(a_{i-1}) / sqrt(h) + B_i,  f~ = W_{L+1} sigma(a_L) / sqrt(h),
 with every weight and bias i.i.d. N(0, 1). N ~ L h^2 parameters.

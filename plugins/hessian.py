@@ -1,5 +1,5 @@
 """Hessians of an energy E(theta) = sum_mu w l(m_mu) of the margins m_mu = y_mu f(x_mu), f = alpha (f~ - f~0),
-split as H = H0 + Hp (SCIENCE.md section 4):
+split as H = H0 + Hp:
 
     H0 = alpha^2 sum_mu w l''(m_mu) grad f~_mu grad f~_mu^T      (positive semi-definite where l'' >= 0),
     Hp = alpha sum_mu w l'(m_mu) y_mu Hess f~_mu.

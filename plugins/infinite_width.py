@@ -1,4 +1,4 @@
-"""The infinite-width NNGP and NTK of the fc net, in exactly the parametrisation of ``fc`` (SCIENCE.md section 1).
+"""The infinite-width NNGP and NTK of the fc net, in exactly the parametrisation of ``fc``.
 
 With b = 1 if the hidden layers have (N(0,1)) biases, else 0, and (u, v) ~ N(0, Sigma restricted to x, x'):
 

@@ -1,4 +1,4 @@
-"""Per-sample losses l(m) of the margin m = y f, with Delta = 1 - m (SCIENCE.md section 1)."""
+"""Per-sample losses l(m) of the margin m = y f, with Delta = 1 - m."""
 
 from __future__ import annotations
 

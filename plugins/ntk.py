@@ -3,7 +3,7 @@ optionally along the flow) and ``ntk_kpca`` (its kernel PCA against the labels, 
 
 Theta(x, x') = grad_theta f~(x) . grad_theta f~(x') over all parameters (the kernel of f is alpha^2
 times it). The lazy / feature crossover of the phase diagram is where the change ratio
-|Theta_end - Theta_0|_F / |Theta_0|_F crosses 1 (SCIENCE.md section 4). The kernel set (the dataset's
+|Theta_end - Theta_0|_F / |Theta_0|_F crosses 1. The kernel set (the dataset's
 ``n_kernel`` points) is fixed by the data seed and disjoint from the training set.
 """
 

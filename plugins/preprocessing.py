@@ -1,4 +1,4 @@
-"""The preprocessing pipeline of SCIENCE.md section 3, every map fitted on the training split only.
+"""The preprocessing pipeline of the paper's image data, every map fitted on the training split only.
 
 Steps, in order, each optional: centre on the training mean; rescale each sample to norm sqrt(dim);
 PCA on the top d components of the training covariance, scaled by 1 / sqrt(mean of those d eigenvalues),

@@ -1,4 +1,4 @@
-"""Synthetic data: the stripe model, random labels, and a random teacher net (SCIENCE.md section 3).
+"""Synthetic data: the stripe model, random labels, and a random teacher net.
 
 x ~ N(0, I_d). Each split comes from its own random stream fixed by ``seed``: the test, kernel and
 validation sets do not depend on P, and the first P training points are the same for every larger P (nested).

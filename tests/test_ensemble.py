@@ -239,7 +239,7 @@ def test_sweep_batches_match_single_runs(tiny_spec):
 
 def test_robust_rule_converges_through_kinks():
     """Plain hinge with a relu net: the robust rule reaches N_Delta = 0; the reference rule, given the
-    same trial budget, stalls or crawls (SCIENCE.md section 2)."""
+    same trial budget, stalls or crawls."""
     data = _data(P=120, d=5, seed=4)
     robust = GradientFlow(loss=Hinge(), max_steps=4000)
     res = robust.train(_models(FC(activation="relu"), 32, [10.0], [0])[0], data)

@@ -49,7 +49,7 @@ def test_hinge_on_one_point_slides_onto_the_kink():
 
 
 def reference_scheme(w0, x, y, alpha, beta, max_dgrad=1e-4, max_dout=0.1, max_steps=10**6):
-    """The scheme of SCIENCE.md section 2 for f = alpha x.(w - w0), soft hinge, in plain numpy."""
+    """The reference scheme for f = alpha x.(w - w0), soft hinge, in plain numpy."""
     def grad(w):
         m = y * alpha * (x @ (w - w0))
         lp = -1 / (1 + np.exp(-beta * (1 - m)))  # d/dm softplus(beta (1 - m)) / beta

@@ -1,7 +1,7 @@
 """Science checks on real data at the reference's setting (slow: a few minutes; run with -m slow).
 
 FC, L = 2, h = 100, normalised swish, soft hinge (beta = 20), MNIST parity 10 PCA, P = 1000: the
-reference converges at alpha_tilde = 2^20 in 2826 steps with test error about 0.11 (SCIENCE.md).
+reference converges at alpha_tilde = 2^20 in 2826 steps with test error about 0.11.
 """
 
 from pathlib import Path
@@ -59,7 +59,7 @@ def test_kinks_converge(activation, loss, alpha_tilde, max_steps):
     """The robust rule through kinks at the reference point: the plain hinge slides on its kink (10348 steps
     at 1e-2, where the soft hinge takes 12220), and relu units' kinks do not stall the flow (with the
     soft hinge's implicit coefficients: 439 steps at 1e3, 26788 at 1e-2, about 9 minutes). The reference
-    rule stalls on both (SCIENCE.md section 2)."""
+    rule stalls on both."""
     spec = dlphase.load_spec(SPEC, [f"grid.alpha_tilde={alpha_tilde}", f"architecture.activation={activation}",
                                     f"dynamics.loss={loss}", f"dynamics.max_steps={max_steps}",
                                     "dynamics.max_seconds=1800"])
