@@ -5,7 +5,7 @@ budget, which have the shapes of the real ones) it measures:
   - the pickled size and the time to pickle and unpickle a task (spec and batch) and its records;
   - the round trip of a batch that returns those records, through a LocalCluster of --workers workers and
     through the process pool, per batch (median of --repeats, the same tasks for both);
-  - the command's write of the records (atomic and fsynced), per run.
+  - a worker's encoding of each run's file, and the command's atomic, fsynced write of its bytes, per run.
 With --full it also sweeps examples/quick.toml to the end through the process pool and through the
 LocalCluster (one sweep each: on 2 cores the wall times move by about 20% from run to run).
 It prints the overhead per batch against the sweep's wall time (--sweep-seconds, or the --full sweep's),
@@ -29,7 +29,8 @@ import attrs
 
 import dlphase
 from dlphase.run import _members_per_batch, execute_group, groups
-from dlphase.sweep import process_executor, run_path, write_atomic
+from dlphase.cube import encode, write_bytes_atomic
+from dlphase.sweep import EncodedRun, process_executor, run_path, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ROOT / "examples" / "quick.toml"
@@ -87,7 +88,9 @@ def main():
     folder = Path(tempfile.mkdtemp(prefix="dlphase-scale-"))
     try:
         short = attrs.evolve(spec, dynamics=attrs.evolve(spec.dynamics, max_steps=20))
-        records = execute_group(short, widest)
+        datasets = execute_group(short, widest)
+        encode_per_run = timed(lambda: [encode(ds) for ds in datasets], 5) / len(widest)
+        records = [EncodedRun(ds["status"].item(), encode(ds)) for ds in datasets]
         path = folder / "records.pkl"
         path.write_bytes(pickle.dumps(records))
         task = pickle.dumps((spec, widest))
@@ -95,13 +98,17 @@ def main():
               f"{widest[0]['h']}) has {len(widest)} runs")
         print(f"task (spec + batch): {len(task) / 1e3:.1f} kB, pickle + unpickle "
               f"{timed(lambda: pickle.loads(pickle.dumps((spec, widest))), 50) * 1e3:.2f} ms")
-        print(f"records of the batch: {path.stat().st_size / 1e3:.1f} kB, pickle + unpickle "
-              f"{timed(lambda: pickle.loads(pickle.dumps(records)), 20) * 1e3:.2f} ms")
+        print(f"a worker encodes a run's file in {encode_per_run * 1e3:.2f} ms")
+        unpickle = timed(lambda: pickle.loads(pickle.dumps(records)), 20) / len(widest)
+        print(f"the batch's encoded runs: {path.stat().st_size / 1e3:.1f} kB, pickle + unpickle "
+              f"{unpickle * len(widest) * 1e3:.2f} ms")
         runs = folder / "runs"
         runs.mkdir()
-        write = timed(lambda: [write_atomic(ds, run_path(runs, spec, p)) for p, ds in zip(widest, records)], 5)
+        whole = timed(lambda: [write_atomic(ds, run_path(runs, spec, p)) for p, ds in zip(widest, datasets)], 5)
+        write = timed(lambda: [write_bytes_atomic(r.data, run_path(runs, spec, p)) for p, r in zip(widest, records)], 5)
         per_run_write = write / len(widest)
-        print(f"the command's atomic write: {per_run_write * 1e3:.2f} ms per run")
+        print(f"the command's atomic write of a run: {per_run_write * 1e3:.2f} ms from its bytes "
+              f"({whole / len(widest) * 1e3:.2f} ms to encode and write it here)")
 
         pool = process_executor(args.workers)
         try:
@@ -128,24 +135,24 @@ def main():
             batch_seconds = None
 
         # the paper's Fig. 4 grid
-        widths, alphas, seeds, P = 15, 20, 15, 1000
+        widths, alphas, seeds, P, workers = 15, 20, 15, 1000, 100
         per_batch = _members_per_batch(100, P)
         n_batches = widths * -(-(alphas * seeds) // per_batch)
-        client_per_run = per_run_write + timed(lambda: pickle.loads(pickle.dumps(records)), 20) / len(widest)
+        size = (alphas * seeds) // -(-workers // widths)
+        n_small = widths * -(-(alphas * seeds) // size)
+        client_per_run = per_run_write + unpickle
         print(f"Fig. 4 grid: {widths * alphas * seeds} runs in {n_batches} batches of up to {per_batch} (h = 100, "
-              f"P = {P}): on 100 workers at most {min(n_batches, 100)} are busy, and the wall time is the longest "
-              f"batch's (the widest h), not the scheduler's")
+              f"P = {P}): on {workers} workers {min(n_batches, workers)} are busy; with run.batch_size = {size}, "
+              f"{n_small} batches keep all {workers} busy")
         print(f"the command spends {client_per_run * 1e3:.2f} ms per run it receives and writes; dask's extra "
               f"{max(dask_trip - pool_trip, 0) * 1e3:.1f} ms per batch is on the scheduler and the network")
-        import xarray as xr
-
-        status_only = [xr.Dataset({"status": ds["status"]}) for ds in records]
+        status_only = [EncodedRun(r.status, None) for r in records]
         shared_per_run = timed(lambda: pickle.loads(pickle.dumps(status_only)), 50) / len(widest)
         print(f"with shared_fs (the workers write their runs) the command spends {shared_per_run * 1e3:.3f} ms per run")
         if batch_seconds:
             per_run_worker = batch_seconds / len(widest)
             print(f"a quick.toml batch trains a run in {per_run_worker:.2f} s of a worker's time: the command "
-                  f"keeps up with {per_run_worker / client_per_run:.0f} workers writing every run itself, "
+                  f"keeps up with {per_run_worker / client_per_run:.0f} workers sending runs, "
                   f"{per_run_worker / shared_per_run:.0f} with shared_fs; runs of the paper's sizes take longer, "
                   f"and the counts grow with them")
     finally:

@@ -3,7 +3,7 @@ dask-jobqueue) a batch scheduler's jobs.
 
 The sweep's unit of work stays a batch of runs (one ensemble). Its futures come from the client's
 ``concurrent.futures`` executor, so the sweep engine treats a cluster like its process pool: each finished
-run comes back to this process, which writes it atomically to ``CUBE.runs/``. dask reruns a batch whose worker
+run comes back to this process as the bytes of its file, which it writes atomically to ``CUBE.runs/``. dask reruns a batch whose worker
 dies; a batch that raises is recorded as failed; losing the scheduler ends the sweep with every received run
 saved.
 """
@@ -156,15 +156,19 @@ def dask_executor(scheduler: str | None = None, cluster: str | None = None, work
 
 class ClientExecutor(cf.Executor):
     """A dask client as a ``concurrent.futures`` executor whose tasks are never merged (``pure=False``: two
-    batches with equal arguments are still two runs) and whose worker count sizes the sweep's queue."""
+    batches with equal arguments are still two runs) and whose worker threads size the sweep's queue."""
 
     def __init__(self, client):
         self.client = client
         self._inner = client.get_executor(pure=False)
 
     @property
-    def _max_workers(self) -> int:
-        return max(1, sum(self.client.nthreads().values()))
+    def worker_threads(self) -> int:
+        """The cluster's worker threads at this moment (0 while a batch scheduler's jobs wait in its queue)."""
+        try:
+            return sum(self.client.nthreads().values())
+        except (OSError, TimeoutError):  # the scheduler is gone: the futures in flight say so
+            return 0
 
     def submit(self, fn, /, *args, **kwargs) -> cf.Future:
         return self._inner.submit(fn, *args, **kwargs)

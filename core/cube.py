@@ -191,9 +191,31 @@ def temporaries_of(path: str | os.PathLike, suffix: str = ".tmp") -> list[Path]:
     return sorted(path.parent.glob(f".{glob.escape(path.name)}.*{glob.escape(suffix)}"))
 
 
+#: how every dlphase file is written, on disk or in memory
+NETCDF = {"engine": "netcdf4", "format": "NETCDF4"}
+
+
 def write_atomic(ds: xr.Dataset, path: str | os.PathLike) -> None:
     """Write netCDF4 atomically (see :func:`atomic_write`)."""
-    atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4"), needs=ds.nbytes)
+    atomic_write(path, lambda tmp: ds.to_netcdf(tmp, **NETCDF), needs=ds.nbytes)
+
+
+def encode(ds: xr.Dataset) -> bytes:
+    """The bytes of ``ds``'s netCDF4 file, as :func:`write_atomic` writes it: a worker encodes each run it trained,
+    so that the process that saves the runs only writes bytes. It goes through a temporary file, whose writes
+    xarray serialises across threads, where netCDF's in-memory files are not (threaded workers crash)."""
+    fd, tmp = tempfile.mkstemp(prefix=".dlphase-encode.", suffix=".nc")
+    os.close(fd)
+    try:
+        ds.to_netcdf(tmp, **NETCDF)
+        return Path(tmp).read_bytes()
+    finally:
+        os.unlink(tmp)
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
+    """Write the bytes of a file atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), needs=len(data))
 
 
 def open_cube(path: str | os.PathLike) -> xr.Dataset:

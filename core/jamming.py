@@ -142,14 +142,16 @@ def check_spec(spec: Spec) -> None:
 
 
 def find_jamming_line(spec: Spec, out: str | os.PathLike, *, h_max: int | None = None, resolution: float = 0.0,
-                      spectrum: bool = True, workers: int = 1, executor: cf.Executor | None = None,
-                      progress: bool = True) -> xr.Dataset:
+                      spectrum: bool = True, workers: int = 1, executor: cf.Executor | None = None, client=None,
+                      progress: bool = True, shared_fs: bool | None = None) -> xr.Dataset:
     """Search h* at each (alpha_tilde, P) of ``spec.grid`` starting from its widths, write the line (with every
     run of the search as a cube over the widths tried) to ``out``, and return it.
 
     ``h_max`` bounds the widths (default 8 times the largest of the grid); ``resolution`` is the relative gap
     at which bisection stops (0: down to consecutive integers); with ``spectrum`` the hessian_spectrum
-    observable is added, so that the spectrum at h* is stored."""
+    observable is added, so that the spectrum at h* is stored. The runs execute as :func:`dlphase.sweep`'s do:
+    here, in a pool of ``workers``, on ``executor`` or on a dask ``client``'s cluster, whose workers write their
+    runs themselves with ``shared_fs`` (default: the spec's ``cluster.shared_fs``)."""
     if resolution < 0 or not math.isfinite(resolution):
         raise DlphaseError(f"resolution = {resolution} must be >= 0 (0 bisects down to consecutive widths)")
     check_spec(spec)
@@ -158,6 +160,12 @@ def find_jamming_line(spec: Spec, out: str | os.PathLike, *, h_max: int | None =
     h_max = h_max or 8 * max(spec.grid.h)
     if h_max < max(spec.grid.h):
         raise DlphaseError(f"h_max = {h_max} is below the grid's largest width {max(spec.grid.h)}; raise --h-max")
+    if shared_fs is None:
+        shared_fs = spec.cluster is not None and spec.cluster.shared_fs
+    if client is not None:
+        from .cluster import ClientExecutor
+
+        executor = ClientExecutor(client)
     out, runs_dir, lock = prepare_runs(spec, out, workers, "line")
 
     keys = [(a, P) for a in spec.grid.alpha_tilde for P in spec.grid.P]
@@ -169,7 +177,7 @@ def find_jamming_line(spec: Spec, out: str | os.PathLike, *, h_max: int | None =
     try:
         for _ in range(MAX_ROUNDS):
             points = [dict(zip(GRID_DIMS, (h, a, P, s))) for (a, P), hs in wanted.items() for h in hs for s in seeds]
-            _train(spec, points, runs_dir, records, workers, executor, bar)
+            _train(spec, points, runs_dir, records, workers, executor, bar, shared_fs)
             for (a, P), hs in wanted.items():
                 for h in hs:
                     runs = [records[(h, a, P, s)] for s in seeds]
@@ -188,7 +196,8 @@ def find_jamming_line(spec: Spec, out: str | os.PathLike, *, h_max: int | None =
     return line
 
 
-def _train(spec: Spec, points: list[dict], runs_dir: Path, records: dict, workers: int, executor, bar) -> None:
+def _train(spec: Spec, points: list[dict], runs_dir: Path, records: dict, workers: int, executor, bar,
+           shared_fs: bool) -> None:
     """Load the points already saved, train the rest (batched by width), and put every record in ``records``."""
     for p in points:
         key = tuple(p[k] for k in GRID_DIMS)
@@ -200,7 +209,8 @@ def _train(spec: Spec, points: list[dict], runs_dir: Path, records: dict, worker
     if batches:
         bar.total = (bar.total or 0) + sum(map(len, batches))
         batches.sort(key=lambda b: -b[0]["h"])
-        run_batches(spec, batches, runs_dir, workers=workers, executor=executor, bar=bar, keep=set(records))
+        run_batches(spec, batches, runs_dir, workers=workers, executor=executor, bar=bar, keep=set(records),
+                    shared_fs=shared_fs)
     for p in points:
         key = tuple(p[k] for k in GRID_DIMS)
         if key not in records:

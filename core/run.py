@@ -166,7 +166,8 @@ def _members_per_batch(h: int, P: int) -> int:
 
 
 def groups(spec: Spec, points: list[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
-    """Batches of points that can train as one ensemble: same h and P (every seed and alpha_tilde)."""
+    """Batches of points that can train as one ensemble: same h and P (every seed and alpha_tilde), of at most
+    ``run.batch_size`` points."""
     if not spec.run.ensemble or not spec.dynamics.batched:
         return [[p] for p in points]
     by_key: dict[tuple, list] = {}
@@ -174,7 +175,7 @@ def groups(spec: Spec, points: list[Mapping[str, Any]]) -> list[list[Mapping[str
         by_key.setdefault((p["h"], p["P"]), []).append(p)
     out = []
     for (h, P), members in by_key.items():
-        size = _members_per_batch(h, P)
+        size = min(_members_per_batch(h, P), spec.run.batch_size or 64)
         out.extend(members[i:i + size] for i in range(0, len(members), size))
     return out
 

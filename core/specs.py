@@ -96,6 +96,10 @@ class RunOptions:
     ensemble: bool = param(default=True, doc="train the runs that share h and P (all seeds and alpha_tilde) as "
                                              "batched ensembles (dynamics with train_ensemble: gradient_flow, gd, sgd); "
                                              "results equal those of runs made alone")
+    batch_size: int | None = param(default=None, validator=positive,
+                                   doc="at most this many runs per batch, the unit a worker trains and saves at once "
+                                       "(default: up to 64, fewer for large h P); smaller batches keep more workers "
+                                       "of a cluster busy")
 
     @device.validator
     def _check_device(self, attribute, value):

@@ -17,9 +17,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Collection, Mapping
 
+import attrs
 import xarray as xr
 
-from .cube import atomic_write, check_writable, combine, open_cube, temporaries_of, write_atomic
+from .cube import (atomic_write, check_writable, combine, encode, open_cube, temporaries_of, write_atomic,
+                   write_bytes_atomic)
 from .errors import DiskFullError, DlphaseError
 from .run import execute_group, failed_point, groups
 from .specs import GRID_DIMS, RUN_SECTIONS, Spec
@@ -218,7 +220,7 @@ def _sweep(spec, out, runs_dir, workers, executor, retry_failed, progress, on_ru
     bar = _progress(total=len(points), initial=len(points) - n_todo, enabled=progress)
     try:
         run_batches(spec, batches, runs_dir, workers=workers, executor=executor, bar=bar, on_run=on_run,
-                    all_points=points, keep=done, shared_fs=shared_fs)
+                    all_points=points, keep=done, shared_fs=shared_fs, hint_idle=True)
     finally:
         bar.close()
 
@@ -240,14 +242,16 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
                 executor: cf.Executor | None = None, bar=None,
                 on_run: Callable[[Mapping[str, Any], xr.Dataset], None] | None = None,
                 all_points: list[Mapping[str, Any]] | None = None, keep: Collection[tuple] = (),
-                shared_fs: bool = False) -> None:
+                shared_fs: bool = False, hint_idle: bool = False) -> None:
     """Train ``batches`` (lists of points that share h and P) on ``executor`` and write each finished run to
     ``runs_dir/<run_id>.nc`` as soon as its batch ends, except the points in ``keep`` (grid tuples), whose files
-    are kept as they are. With ``shared_fs`` the workers, which see ``runs_dir``, write the runs themselves and
-    send back their status alone. A worker that dies, or Ctrl-C, leaves every finished run saved and says how
-    many of ``all_points`` (default: the batches' points) are saved and how to resume."""
+    are kept as they are. Workers in other processes send each run back as the bytes of its file, which this
+    process writes; with ``shared_fs`` the workers, which see ``runs_dir``, write the runs themselves and send
+    back their status alone. A worker that dies, or Ctrl-C, leaves every finished run saved and says how
+    many of ``all_points`` (default: the batches' points) are saved and how to resume. With ``hint_idle``, a
+    cluster with more worker threads than there are batches gets a warning that suggests a smaller batch size."""
     all_points = all_points or [p for b in batches for p in b]
-    task = functools.partial(execute_and_save, runs_dir=runs_dir, keep=set(keep)) if shared_fs else execute_group
+    keep = set(keep)
 
     def saved() -> str:
         return f"{sum(run_path(runs_dir, spec, p).exists() for p in all_points)} of {len(all_points)}"
@@ -255,18 +259,30 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
     own_executor = executor is None
     if own_executor:
         executor = InlineExecutor() if workers == 1 else process_executor(workers)
+    inline = isinstance(executor, InlineExecutor)
+    task = (functools.partial(execute_and_save, runs_dir=runs_dir, keep=keep) if shared_fs else
+            execute_group if inline else execute_and_encode)
     try:
         pending: dict[cf.Future, list] = {}
         queue = list(batches)
-        # batches in flight: twice the workers (an external executor's own worker count where it has one); one
-        # in this process, so that each batch is saved before the next one trains
-        limit = 1 if isinstance(executor, InlineExecutor) else \
-            2 * max(workers, getattr(executor, "_max_workers", 1) or 1)
         while queue or pending:
+            # batches in flight: one in this process, so that each batch is saved before the next one trains;
+            # twice the workers in a pool, whose idle workers take them in order; on a dask cluster one per
+            # worker thread, counted again as workers come and go, so that no batch waits behind another on a
+            # busy worker while one is idle
+            threads = getattr(executor, "worker_threads", None)
+            limit = 1 if inline else max(1, threads) if threads is not None else \
+                2 * max(workers, getattr(executor, "_max_workers", 1) or 1)
+            if hint_idle and threads and threads > len(batches):
+                hint_idle = False
+                size = max(map(len, batches))
+                warnings.warn(f"{len(batches)} batches for {threads} worker threads: {threads - len(batches)} stay "
+                              f"idle; a run.batch_size of about {max(1, size * len(batches) // threads)} (batches hold "
+                              f"up to {size} runs) forms one batch per thread")
             while queue and len(pending) < limit:
                 batch = queue.pop(0)
                 pending[executor.submit(task, spec, batch)] = batch
-            done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            done, _ = cf.wait(pending, timeout=None if threads is None else 2.0, return_when=cf.FIRST_COMPLETED)
             for future in done:
                 batch = pending.pop(future)
                 try:
@@ -279,20 +295,24 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
                                        f"runs are saved in {runs_dir}; run the same command again to resume") from None
                 except Exception as exc:  # the executor itself failed these runs (e.g. pickling): record it
                     records = [failed_point(spec, p, f"{type(exc).__name__}: {exc}") for p in batch]
-                for point, ds in zip(batch, records):
+                for point, record in zip(batch, records):
+                    path = run_path(runs_dir, spec, point)
                     # a saved run trained again as a member of its batch keeps its file
-                    if tuple(point[k] for k in GRID_DIMS) not in keep and not ds.attrs.get(WRITTEN_BY_WORKER):
+                    if tuple(point[k] for k in GRID_DIMS) not in keep:
                         try:
-                            write_atomic(ds, run_path(runs_dir, spec, point))
+                            if isinstance(record, xr.Dataset):
+                                write_atomic(record, path)
+                            elif record.data is not None:
+                                write_bytes_atomic(record.data, path)
                         except DiskFullError as exc:
                             raise DiskFullError(f"{exc}; {saved()} runs are saved in {runs_dir}, intact; free space "
                                                 f"and run the same command again to resume") from None
+                    status = record["status"].item() if isinstance(record, xr.Dataset) else record.status
                     if bar is not None:
-                        bar.set_postfix_str(f"last: h={point['h']} at={point['alpha_tilde']:g} {ds['status'].item()}")
+                        bar.set_postfix_str(f"last: h={point['h']} at={point['alpha_tilde']:g} {status}")
                         bar.update(1)
                     if on_run is not None:
-                        on_run(point, open_cube(run_path(runs_dir, spec, point)) if ds.attrs.get(WRITTEN_BY_WORKER)
-                               else ds)
+                        on_run(point, record if isinstance(record, xr.Dataset) else open_cube(path))
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
@@ -304,18 +324,29 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
             executor.shutdown(wait=False, cancel_futures=True)
 
 
-#: the attribute of the status-only record a worker sends back for a run it wrote itself
-WRITTEN_BY_WORKER = "dlphase_written_by_worker"
+@attrs.frozen
+class EncodedRun:
+    """A run trained in a worker process: its status, and the bytes of its netCDF file (None when the worker
+    wrote the file itself)."""
+
+    status: str
+    data: bytes | None
 
 
-def execute_and_save(spec: Spec, batch: list[Mapping[str, Any]], runs_dir: Path, keep: set[tuple]) -> list[xr.Dataset]:
+def execute_and_encode(spec: Spec, batch: list[Mapping[str, Any]]) -> list[EncodedRun]:
+    """Train a batch in a worker and return each run as the bytes of its file: encoding is most of a run's
+    writing cost, and done here it spreads over the workers instead of piling up in the process that saves."""
+    return [EncodedRun(ds["status"].item(), encode(ds)) for ds in execute_group(spec, batch)]
+
+
+def execute_and_save(spec: Spec, batch: list[Mapping[str, Any]], runs_dir: Path, keep: set[tuple]) -> list[EncodedRun]:
     """Train a batch on a worker that sees the runs folder, write its runs there (but those in ``keep``), and
     return their status alone, so that the runs' arrays never travel back."""
     records = execute_group(spec, batch)
     for point, ds in zip(batch, records):
         if tuple(point[k] for k in GRID_DIMS) not in keep:
             write_atomic(ds, run_path(runs_dir, spec, point))
-    return [xr.Dataset({"status": ds["status"]}, attrs={WRITTEN_BY_WORKER: 1}) for ds in records]
+    return [EncodedRun(ds["status"].item(), None) for ds in records]
 
 
 def _progress(total: int | None, initial: int, enabled: bool, desc: str = "sweep"):

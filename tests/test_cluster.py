@@ -2,12 +2,14 @@
 processes on 127.0.0.1. The cube equals the in-process sweep's bit for bit, also when a worker or the client is
 SIGKILLed mid-sweep; an unreachable scheduler is one line of error."""
 
+import concurrent.futures as cf
 import importlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -160,8 +162,9 @@ def test_the_scheduler_gone_mid_sweep_is_one_line_and_keeps_the_saved_runs(tiny_
         dlphase.open_cube(path)
 
 
-def test_jamming_on_a_local_cluster_finds_the_in_process_line(tmp_path):
-    """`--cluster local --workers 2` starts a LocalCluster; the search and its line are the in-process ones."""
+def test_jamming_on_a_local_cluster_finds_the_in_process_line(tmp_path, dask_cluster, writes_here):
+    """`--cluster local --workers 2` starts a LocalCluster; the search and its line are the in-process ones. So
+    are they through the Python API with a client whose workers write the runs themselves (shared_fs)."""
     spec = write(tmp_path / "jam.toml", JAM_SPEC)
     here = run_cli("jamming", spec, "-o", tmp_path / "here.nc", "-q", "--no-spectrum")
     assert here.returncode == 0, here.stderr
@@ -169,7 +172,18 @@ def test_jamming_on_a_local_cluster_finds_the_in_process_line(tmp_path):
                     "--workers", "2")
     assert there.returncode == 0, there.stderr
     assert there.stdout == here.stdout.replace("here.nc", "there.nc")
-    assert_bit_identical(xr.open_dataset(tmp_path / "there.nc").load(), xr.open_dataset(tmp_path / "here.nc").load())
+    line = xr.open_dataset(tmp_path / "here.nc").load()
+    assert_bit_identical(xr.open_dataset(tmp_path / "there.nc").load(), line)
+
+    from distributed import Client
+
+    from dlphase.jamming import find_jamming_line
+
+    shared = write(tmp_path / "shared.toml", JAM_SPEC + "\n[cluster]\nshared_fs = true\n")
+    with Client(dask_cluster.address, set_as_default=False) as client:
+        find_jamming_line(load_spec(shared), tmp_path / "shared.nc", spectrum=False, client=client, progress=False)
+    assert writes_here == [("dataset", "shared.nc")]  # the line alone: every run file came from a worker
+    assert_bit_identical(xr.open_dataset(tmp_path / "shared.nc").load(), line)
 
 
 SLURM_CONF = """ClusterName=dlphase-test
@@ -280,22 +294,119 @@ def test_bad_cluster_settings_are_one_line(tiny_spec, tmp_path, setting, message
     assert not (tmp_path / "cube.nc").exists()
 
 
-def test_workers_on_a_shared_filesystem_write_the_runs_themselves(tiny_spec, tmp_path, dask_cluster, monkeypatch):
+@pytest.fixture
+def writes_here(monkeypatch):
+    """What the sweep's own process writes: (how, file name) for each file, datasets and bytes alike."""
+    engine = importlib.import_module("dlphase.sweep")
+    written = []
+    for name, how in (("write_atomic", "dataset"), ("write_bytes_atomic", "bytes")):
+        def record(data, path, how=how, original=getattr(engine, name)):
+            written.append((how, Path(path).name))
+            original(data, path)
+        monkeypatch.setattr(engine, name, record)
+    return written
+
+
+def test_workers_send_each_run_as_the_bytes_of_its_file(tiny_spec, tmp_path, dask_cluster, writes_here):
+    """The workers encode the runs they train; the sweep's process writes their bytes (and the cube), so that
+    its share of the work stays small however many workers send runs."""
+    from distributed import Client
+
+    with Client(dask_cluster.address, set_as_default=False) as client:
+        cube = dlphase.sweep(load_spec(tiny_spec, [a for a in GRID if a != "--set"]), tmp_path / "cube.nc",
+                             client=client, progress=False)
+    assert sorted(how for how, name in writes_here) == ["bytes"] * 12 + ["dataset"]
+    assert ("dataset", "cube.nc") in writes_here
+    assert_same_results(cube, reference(tiny_spec, tmp_path))
+
+
+def test_workers_on_a_shared_filesystem_write_the_runs_themselves(tiny_spec, tmp_path, dask_cluster, writes_here):
     """[cluster] shared_fs = true: each worker writes its runs (the records that come back hold the status
     alone), and the cube is the in-process one."""
     spec = write(tmp_path / "shared.toml", tiny_spec.read_text() + "\n[cluster]\nshared_fs = true\n")
     here = reference(tiny_spec, tmp_path)
-    engine = importlib.import_module("dlphase.sweep")
-    written_here = []
-    monkeypatch.setattr(engine, "write_atomic", lambda ds, path: written_here.append(path))
     from distributed import Client
 
     with Client(dask_cluster.address, set_as_default=False) as client:
         cube = dlphase.sweep(load_spec(spec, [a for a in GRID if a != "--set"]), tmp_path / "cube.nc", client=client,
                              progress=False)
-    assert written_here == [tmp_path / "cube.nc"]  # the cube alone: every run file came from a worker
+    assert writes_here == [("dataset", "cube.nc")]  # the cube alone: every run file came from a worker
     assert len(list(runs_dir_for(tmp_path / "cube.nc").glob("*.nc"))) == 12
     assert_same_results(cube, here)
+
+
+class GrowingCluster(cf.ThreadPoolExecutor):
+    """A stand-in for a dask client's executor whose worker threads arrive as batches finish (jobs leaving a
+    batch scheduler's queue): ``threads[k]`` threads once k batches have finished. It notes how many batches
+    are in flight at each submission."""
+
+    def __init__(self, threads):
+        super().__init__(max_workers=8)
+        self.threads, self.finished, self.in_flight = threads, 0, []
+        self.lock = threading.Lock()
+        self.running = 0
+
+    @property
+    def worker_threads(self):
+        return self.threads[min(self.finished, len(self.threads) - 1)]
+
+    def submit(self, fn, /, *args, **kwargs):
+        def slow():
+            time.sleep(0.3)  # each batch outlasts the sweep's loop, so that the batches in flight overlap
+            return fn(*args, **kwargs)
+
+        def done(_):
+            with self.lock:
+                self.finished += 1
+                self.running -= 1
+
+        with self.lock:
+            self.running += 1
+            self.in_flight.append(self.running)
+        future = super().submit(slow)
+        future.add_done_callback(done)
+        return future
+
+
+def test_the_batches_in_flight_follow_the_worker_threads(tiny_spec, tmp_path):
+    """No worker yet: one batch waits at the scheduler; as threads arrive, one batch per thread, never more
+    (a batch queued behind another on a busy worker would wait while a new worker idles)."""
+    spec = load_spec(tiny_spec, ["run.ensemble=false", "dynamics.max_steps=5"])
+    executor = GrowingCluster(threads=[0, 0, 3])
+    try:
+        cube = dlphase.sweep(spec, tmp_path / "cube.nc", executor=executor, progress=False)
+    finally:
+        executor.shutdown()
+    assert executor.in_flight[:2] == [1, 1]
+    assert max(executor.in_flight) == 3 and len(executor.in_flight) == 8
+    assert_same_results(cube, dlphase.sweep(spec, tmp_path / "here.nc", progress=False))
+
+
+def test_fewer_batches_than_worker_threads_are_named_with_a_batch_size(tiny_spec, tmp_path, recwarn):
+    """Two batches of four runs for eight threads: a warning suggests run.batch_size = 1, which makes eight."""
+    spec = load_spec(tiny_spec, ["dynamics.max_steps=5"])
+    with pytest.warns(UserWarning, match=r"2 batches for 8 worker threads: 6 stay idle; a run.batch_size of about "
+                                         r"1 \(batches hold up to 4 runs\)"):
+        dlphase.sweep(spec, tmp_path / "cube.nc", executor=GrowingCluster(threads=[8]), progress=False)
+    recwarn.clear()
+    smaller = load_spec(tiny_spec, ["dynamics.max_steps=5", "run.batch_size=1"])
+    executor = GrowingCluster(threads=[8])
+    dlphase.sweep(smaller, tmp_path / "small.nc", executor=executor, progress=False)
+    assert len(executor.in_flight) == 8 and not [w for w in recwarn if "worker threads" in str(w.message)]
+
+
+@pytest.mark.parametrize("size, batches", [(None, [4, 4]), (3, [3, 1, 3, 1]), (1, [1] * 8)])
+def test_batch_size_caps_the_batches(tiny_spec, size, batches):
+    from dlphase.run import groups
+
+    spec = load_spec(tiny_spec, [] if size is None else [f"run.batch_size={size}"])
+    assert [len(b) for b in groups(spec, spec.grid.points())] == batches
+
+
+def test_a_batch_size_below_one_is_one_line(tiny_spec, tmp_path):
+    res = run_cli_here("sweep", tiny_spec, "-o", tmp_path / "cube.nc", "--set", "run.batch_size=0")
+    assert_clean_error(res, "batch_size must be > 0")
+    assert not (tmp_path / "cube.nc").exists()
 
 
 def test_cluster_settings_from_a_file_of_their_own(tiny_spec, tmp_path):
