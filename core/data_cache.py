@@ -20,7 +20,7 @@ from .interfaces import Data, Dataset
 
 VERSION = 1
 FIELDS = ("x_train", "y_train", "x_test", "y_test", "x_kernel", "y_kernel", "x_val", "y_val",
-          "classes_train", "classes_test", "classes_kernel")
+          "classes_train", "classes_test", "classes_kernel", "informative")
 
 
 def cache_dir() -> Path | None:

@@ -28,7 +28,9 @@ class Data:
     The kernel set (``x_kernel``, ``y_kernel``) is a fixed set of points, disjoint from the training
     set, for kernel observables. The validation set (``x_val``, ``y_val``), disjoint from the others,
     serves early stopping. ``classes_*`` keeps the original class of each point (multi-class
-    labels) where one exists; ``attrs`` holds provenance for the cube's attributes.
+    labels) where one exists; ``attrs`` holds provenance for the cube's attributes. ``informative``
+    (k, d), orthonormal rows, spans the input directions the labels depend on, where the dataset knows
+    them (the stripe model: x_1); the ``first_layer`` observable and compressed kernels use it.
     """
 
     x_train: np.ndarray
@@ -42,6 +44,7 @@ class Data:
     classes_train: np.ndarray | None = None
     classes_test: np.ndarray | None = None
     classes_kernel: np.ndarray | None = None
+    informative: np.ndarray | None = None
     attrs: Mapping[str, Any] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self):
@@ -57,6 +60,13 @@ class Data:
                 raise ValueError(f"x_{split} has {len(x)} points but y_{split} has {len(y)}")
             if not np.all(np.abs(y) == 1):
                 raise ValueError(f"y_{split} must hold only +1 and -1")
+        if self.informative is not None:
+            u = np.asarray(self.informative, dtype=np.float64)
+            d = int(np.prod(self.x_train.shape[1:]))
+            if u.ndim != 2 or u.shape[1] != d or not 0 < len(u) < d:
+                raise ValueError(f"informative must be (k, {d}) with 0 < k < {d}, got shape {u.shape}")
+            if not np.allclose(u @ u.T, np.eye(len(u)), atol=1e-8):
+                raise ValueError("the rows of informative must be orthonormal")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -72,7 +82,8 @@ class Data:
         return TorchData(x_train=t(self.x_train), y_train=t(self.y_train),
                          x_test=t(self.x_test), y_test=t(self.y_test),
                          x_val=None if self.x_val is None else t(self.x_val),
-                         y_val=None if self.y_val is None else t(self.y_val))
+                         y_val=None if self.y_val is None else t(self.y_val),
+                         informative=None if self.informative is None else t(self.informative))
 
 
 @attrs.frozen(kw_only=True, eq=False)
@@ -85,6 +96,7 @@ class TorchData:
     y_test: "torch.Tensor"
     x_val: "torch.Tensor | None" = None
     y_val: "torch.Tensor | None" = None
+    informative: "torch.Tensor | None" = None
 
 
 class Component(abc.ABC):
@@ -246,6 +258,9 @@ class Observable(Component):
 
     def check(self, dataset: "Dataset") -> None:
         """Raise ValueError if this observable cannot measure runs on the dataset (checked with the spec)."""
+
+    def check_architecture(self, architecture: "Architecture") -> None:
+        """Raise ValueError if this observable cannot measure the architecture's nets (checked with the spec)."""
 
     def checkpoints(self) -> "np.ndarray | None":
         """The flow times at which the dynamics' monitor records the run (the ``trajectory`` observable), or None;

@@ -34,9 +34,27 @@ class Net(torch.nn.Module):
         default): its generic autograd path."""
         return None
 
+    def first_layer(self, params: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The dense first layer as (W, v): W (h, d) the weight vectors of the first-layer neurons on the
+        flattened input, v (h,) >= 0 the size of each neuron's outgoing weights (|W2_i| for one hidden layer),
+        from the net's parameters or from ``params`` (a list in ``parameters()`` order, a trajectory's
+        snapshot); None (the default): the net has no dense first layer, and the ``first_layer`` observable
+        refuses it."""
+        return None
+
     def offers(self, name: str) -> bool:
         """Whether this net's class overrides the fast path ``name``."""
         return getattr(type(self), name) is not getattr(Net, name)
+
+
+def parameters_by_name(net: torch.nn.Module, params: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The net's parameters by name, or the tensors of ``params`` (in ``parameters()`` order) under those names."""
+    named = dict(net.named_parameters())
+    if params is None:
+        return named
+    if len(params) != len(named):
+        raise ValueError(f"{len(params)} tensors given for a net of {len(named)} parameters")
+    return dict(zip(named, params))
 
 
 #: a net with every default, standing in for modules that do not derive from Net

@@ -305,7 +305,8 @@ def build_component(kind: str, table: Any, path: str, manager: PluginManager | N
     table = dict(table)
     name = table.pop("name", default_name)
     if name is None:
-        raise SpecError(f"{path}.name is missing; installed {kind}s: {', '.join(manager.names(kind))}")
+        raise SpecError(f"{path}.name is missing; installed {kind if kind.endswith('s') else kind + 's'}: "
+                        f"{', '.join(manager.names(kind))}")
     if not isinstance(name, str):
         raise SpecError(f"{path}.name must be a string, got {name!r}")
     cls = manager.get(kind, name, where=f"{path}.name")
@@ -385,6 +386,7 @@ def build_spec(raw: Mapping[str, Any], manager: PluginManager | None = None) -> 
     for obs in observables:
         try:
             obs.check(dataset)
+            obs.check_architecture(architecture)
         except ValueError as exc:
             raise SpecError(f"observables.{obs.name}: {exc}") from None
     tracked = [o.name for o in observables if o.checkpoints() is not None]

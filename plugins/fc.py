@@ -15,6 +15,7 @@ import torch
 import dlphase
 from dlphase import Architecture, Net, param
 from dlphase.ensemble import EnsembleNet
+from dlphase.net import parameters_by_name
 from dlphase.specs import positive
 
 from .activations import ACTIVATIONS, FUSED
@@ -241,6 +242,13 @@ class FCNet(Net):
         from .fc_hessian import FCCurvature
 
         return FCCurvature(self, x)
+
+    def first_layer(self, params=None):
+        """W_1 (h, d), and each first-layer neuron's outgoing weights |W_2[:, i]| / sqrt(rows of W_2) (|W_2i| for
+        one hidden layer)."""
+        p = parameters_by_name(self, params)
+        w2 = p["weights.1"]
+        return p["weights.0"], w2.norm(dim=0) / math.sqrt(len(w2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = x.flatten(1)

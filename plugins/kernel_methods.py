@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import attrs
 import numpy as np
@@ -39,6 +39,19 @@ def _optional_positive(instance, attribute, value):
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
 
 
+class CompressedKernel:
+    """K((x_par, x_perp / Lambda), (x'_par, x'_perp / Lambda)): a kernel of the inputs compressed by ``lam``
+    across the informative ``basis``."""
+
+    def __init__(self, inner: KernelFunction, basis: torch.Tensor, lam: float):
+        self.inner, self.basis, self.lam = inner, basis, lam
+
+    def __call__(self, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
+        from .first_layer import compress
+
+        return self.inner(compress(x1, self.basis, self.lam), None if x2 is None else compress(x2, self.basis, self.lam))
+
+
 @attrs.frozen(kw_only=True)
 class KernelMethod(Dynamics):
     """The kernel and, for ``ntk_final``, how the net is trained first."""
@@ -51,12 +64,22 @@ class KernelMethod(Dynamics):
                                     validator=_optional_positive)
     quadrature: int = param(default=24, doc="ntk_infinite for swish and tanh: Gauss-Legendre nodes per half-line",
                             validator=positive)
-    net_dynamics: Dynamics | None = param(default=None, doc="ntk_final: how the net is trained first "
-                                                            "(default: gradient_flow with the soft hinge)")
+    net_dynamics: Dynamics | None = param(default=None, doc="ntk_final and compression = 'trained': how the net is "
+                                                            "trained first (default: gradient_flow, soft hinge)")
+    compression: float | Literal["trained"] | None = param(
+        default=None, doc="apply the kernel to (x_par, x_perp / Lambda), the inputs compressed across the dataset's "
+                          "informative directions: Lambda given, or 'trained': the first_layer Lambda of this grid "
+                          "point's net trained by net_dynamics (fc, mean_field)")
 
     def __attrs_post_init__(self):
-        if self.net_dynamics is not None and self.kernel != "ntk_final":
-            raise ValueError(f"net_dynamics trains the net for kernel = 'ntk_final', not {self.kernel!r}; drop it")
+        if self.net_dynamics is not None and self.kernel != "ntk_final" and self.compression != "trained":
+            raise ValueError(f"net_dynamics trains the net for kernel = 'ntk_final' or compression = 'trained', not "
+                             f"for kernel {self.kernel!r}; drop it")
+        if isinstance(self.compression, (int, float)) and not (self.compression > 0 and math.isfinite(self.compression)):
+            raise ValueError(f"compression = {self.compression!r} must be a finite Lambda > 0, or 'trained'")
+        if self.compression == "trained" and self.kernel == "ntk_final":
+            raise ValueError("compression = 'trained' trains the net to measure Lambda, and ntk_final would then be "
+                             "the trained net's NTK on compressed inputs; use ntk_init or ntk_infinite")
         if self.bandwidth is not None and self.kernel not in ("laplace", "gaussian"):
             raise ValueError(f"bandwidth is a parameter of the laplace and gaussian kernels, not {self.kernel!r}; "
                              f"drop it")
@@ -69,17 +92,36 @@ class KernelMethod(Dynamics):
                              f"not {architecture.name!r}; use ntk_init or ntk_final")
 
     def prepare(self, model, data) -> tuple[KernelFunction, str]:
-        """Train the net first if the kernel needs it; the kernel function and a note on the net's training."""
+        """Train the net first if the kernel or the compression needs it; the kernel function and a note on the
+        net's training and the compression."""
         note = ""
-        if self.kernel == "ntk_final":
+        if self.kernel == "ntk_final" or self.compression == "trained":
             from .gradient_flow import GradientFlow
 
             trainer = self.net_dynamics or GradientFlow(loss=SoftHinge())
             res = trainer.train(model, data)
             note = f"net trained by {trainer.name}: {res.status}, {res.steps} steps, t = {res.t:.4g}; "
             if res.status in ("diverged", "failed"):
-                raise dlphase.DataError(f"the net for ntk_final {res.status}: {res.message}")
-        return KernelFunction(self.kernel, model, data.x_train, self.bandwidth, self.quadrature), note
+                raise dlphase.DataError(f"the net for {self.kernel if self.kernel == 'ntk_final' else 'Lambda'} "
+                                        f"{res.status}: {res.message}")
+        if self.compression is None:
+            return KernelFunction(self.kernel, model, data.x_train, self.bandwidth, self.quadrature), note
+        from .first_layer import compress, first_layer_of, scales
+
+        if data.informative is None:
+            raise dlphase.DataError("compression needs the dataset's informative directions, and this dataset "
+                                    "declares none (the stripe model does)")
+        basis = data.informative
+        if self.compression == "trained":
+            lam = scales(*first_layer_of(model.net), basis)["lambda"]
+            if not (math.isfinite(lam) and lam > 0):
+                raise dlphase.DataError(f"the trained net's Lambda = {lam} cannot compress the inputs")
+        else:
+            lam = float(self.compression)
+        note += f"inputs compressed by Lambda = {lam:.6g}; "
+        inner = KernelFunction(self.kernel, model, compress(data.x_train, basis, lam), self.bandwidth,
+                               self.quadrature)
+        return CompressedKernel(inner, basis, lam), note
 
     def fit(self, k_train: torch.Tensor, y: torch.Tensor, started: float) -> tuple[torch.Tensor, float, TrainResult]:
         """Coefficients a (P,), intercept b and the result, from K on the training set."""

@@ -14,6 +14,7 @@ import torch
 
 import dlphase
 from dlphase import Architecture, Net, param
+from dlphase.net import parameters_by_name
 
 from .activations import ACTIVATIONS
 from .fc import FCEnsemble
@@ -43,6 +44,11 @@ class MeanFieldNet(Net):
         self.scales = [1 / math.sqrt(d), 1 / h]
         self.activation = activation
         self.sigma = ACTIVATIONS[activation]
+
+    def first_layer(self, params=None):
+        """W_1 (h, d) and |W_2i|."""
+        p = parameters_by_name(self, params)
+        return p["w1"], p["w2"].abs()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = x.flatten(1) @ self.w1.t() / math.sqrt(self.d)

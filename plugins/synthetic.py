@@ -36,6 +36,10 @@ class Gaussian(Dataset):
     def label(self, split: str, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def informative(self) -> np.ndarray | None:
+        """Orthonormal rows (k, d) spanning the directions the labels depend on; None where all may matter."""
+        return None
+
     def load(self, P: int) -> Data:
         return self.load_validation(P, 0)
 
@@ -48,7 +52,7 @@ class Gaussian(Dataset):
         val = parts["val"] if n_validation else (None, None)
         return Data(x_train=parts["train"][0], y_train=parts["train"][1], x_test=parts["test"][0],
                     y_test=parts["test"][1], x_kernel=parts["kernel"][0], y_kernel=parts["kernel"][1],
-                    x_val=val[0], y_val=val[1], attrs={"source": self.describe()})
+                    x_val=val[0], y_val=val[1], informative=self.informative(), attrs={"source": self.describe()})
 
     def describe(self) -> str:
         return self.name
@@ -63,11 +67,17 @@ class Stripe(Gaussian):
     high: float = param(default=1.18549, doc="upper end (with -0.3, P(y = +1) = 1/2)")
 
     def __attrs_post_init__(self):
+        if self.d < 2:
+            raise ValueError(f"d = {self.d}: the stripe model needs d >= 2 (x_1 and at least one uninformative x_i)")
         if not self.low < self.high:
             raise ValueError(f"low = {self.low} must be below high = {self.high}")
 
     def label(self, split, x):
         return np.where((x[:, 0] > self.low) & (x[:, 0] < self.high), 1.0, -1.0)
+
+    def informative(self):
+        """x_1 alone: d_par = 1, d_perp = d - 1."""
+        return np.eye(1, self.d)
 
     def describe(self):
         return f"stripe model, d = {self.d}, y = +1 on {self.low} < x_1 < {self.high}"

@@ -1,0 +1,247 @@
+"""The stripe model's claims as numbers: the compression Lambda = W_par / W_perp grows like P^(1/2) in the
+feature regime and stays O(1) in the lazy one; the learning-curve exponents beta of both regimes beside
+beta_lazy = d / (3d - 2) and beta_feature = (d + d_perp / 2) / (3d - 2); and the NTK on compressed inputs
+against the feature-regime net."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from typing import ClassVar
+
+import attrs
+import numpy as np
+import xarray as xr
+
+import dlphase
+from dlphase import Analysis, param
+from dlphase.errors import DlphaseError
+from dlphase.specs import positive, probability
+
+from .ensemble import usable
+from .stats import power_law_fit
+
+
+def predicted_betas(d: int, d_par: int) -> tuple[float, float]:
+    """(beta_lazy, beta_feature) of the stripe model in d dimensions with d_par informative ones."""
+    d_perp = d - d_par
+    return d / (3 * d - 2), (d + d_perp / 2) / (3 * d - 2)
+
+
+def _dataset_d(cube: xr.Dataset) -> int | None:
+    try:
+        return int(tomllib.loads(cube.attrs.get("spec_toml", ""))["dataset"]["d"])
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+@attrs.frozen(kw_only=True)
+class Stripe(Analysis):
+    """Lambda against P with its fitted exponent, beta in the feature and the lazy regime (the smallest and the
+    largest alpha_tilde of the cube, or those given) beside the predictions, and optionally the learning curve
+    of a cube of kernel runs on compressed inputs (``compressed``)."""
+
+    name: ClassVar[str] = "stripe"
+    requires: ClassVar = ("test_error", "lambda_end")
+    feature: float | None = param(default=None, doc="alpha_tilde of the feature regime (default: the cube's smallest)")
+    lazy: float | None = param(default=None, doc="alpha_tilde of the lazy regime (default: the cube's largest)")
+    compressed: str | None = param(default=None, doc="a cube of kernel runs on compressed inputs (dynamics kernel, "
+                                                     "svm or ridge with compression), drawn beside the nets")
+    d: int | None = param(default=None, doc="input dimension for the predictions (default: the spec's dataset.d)",
+                          validator=positive)
+    d_par: int = param(default=1, doc="informative dimensions (1: the stripe model)", validator=positive)
+    level: float = param(default=0.95, doc="level of the confidence intervals", validator=probability)
+
+    def applies(self, cube: xr.Dataset) -> str | None:
+        reason = super().applies(cube)
+        if reason is None and cube.sizes.get("P", 1) < 3:
+            return "the cube has fewer than 3 values of P"
+        return reason
+
+    def regimes(self, cube: xr.Dataset) -> dict[str, float]:
+        alphas = [float(a) for a in cube["alpha_tilde"].values]
+        chosen = {"feature": min(alphas) if self.feature is None else self.feature,
+                  "lazy": max(alphas) if self.lazy is None else self.lazy}
+        for regime, a in chosen.items():
+            if not any(math.isclose(a, b, rel_tol=1e-9) for b in alphas):
+                raise DlphaseError(f"--{regime} {a:g} is not an alpha_tilde of the cube; it has "
+                                   f"{', '.join(f'{b:g}' for b in alphas)}")
+        if len(alphas) < 2 or chosen["feature"] == chosen["lazy"]:
+            raise DlphaseError("the stripe analysis compares two regimes, and the cube has one alpha_tilde; sweep a "
+                               "small and a large alpha_tilde")
+        return {r: next(b for b in alphas if math.isclose(a, b, rel_tol=1e-9)) for r, a in chosen.items()}
+
+    def compute(self, cube: xr.Dataset) -> xr.Dataset:
+        d = self.d or _dataset_d(cube)
+        if d is None:
+            raise DlphaseError("the cube does not say the input dimension d (its spec has no dataset.d); give --d")
+        if not 0 < self.d_par < d:
+            raise DlphaseError(f"d_par = {self.d_par} must be between 1 and d - 1 = {d - 1}")
+        regimes = self.regimes(cube)
+        ok = usable(cube)
+        P = cube["P"].values.astype(float)
+        out = xr.Dataset(coords={"h": cube["h"].values, "regime": list(regimes), "P": cube["P"].values})
+        shape = (cube.sizes["h"], len(regimes))
+        fields = {k: np.full(shape, np.nan) for k in ("beta", "beta_low", "beta_high", "beta_prefactor",
+                                                      "lambda_exponent", "lambda_low", "lambda_high",
+                                                      "lambda_prefactor")}
+        curves = {k: np.full(shape + (len(P),), np.nan) for k in ("eps", "eps_sem", "lam", "lam_sem", "lam_init")}
+        for i, h in enumerate(cube["h"].values):
+            for j, alpha in enumerate(regimes.values()):
+                at = cube.sel(h=h, alpha_tilde=alpha)
+                good = ok.sel(h=h, alpha_tilde=alpha)
+                eps = at["test_error"].where(good)
+                lam = at["lambda_end"].where(good)
+                curves["eps"][i, j] = eps.mean("seed").values
+                curves["eps_sem"][i, j] = (eps.std("seed", ddof=1) / np.sqrt(good.sum("seed"))).values
+                curves["lam"][i, j] = lam.mean("seed").values
+                curves["lam_sem"][i, j] = (lam.std("seed", ddof=1) / np.sqrt(good.sum("seed"))).values
+                if "lambda_init" in at:
+                    curves["lam_init"][i, j] = at["lambda_init"].where(good).mean("seed").values
+                fit = power_law_fit(P, curves["eps"][i, j], self.level)
+                fields["beta"][i, j], fields["beta_low"][i, j], fields["beta_high"][i, j] = \
+                    -fit["exponent"], -fit["high"], -fit["low"]
+                fields["beta_prefactor"][i, j] = fit["prefactor"]
+                fit = power_law_fit(P, curves["lam"][i, j], self.level)
+                fields["lambda_exponent"][i, j], fields["lambda_low"][i, j], fields["lambda_high"][i, j] = \
+                    fit["exponent"], fit["low"], fit["high"]
+                fields["lambda_prefactor"][i, j] = fit["prefactor"]
+        dims2, dims3 = ("h", "regime"), ("h", "regime", "P")
+        pct = f"{self.level:.0%}"
+        docs = {"beta": "beta of <eps(f)> ~ P^(-beta)", "beta_low": f"low end of the {pct} interval of beta",
+                "beta_high": f"high end of the {pct} interval of beta",
+                "beta_prefactor": "A of <eps(f)> = A P^(-beta)",
+                "lambda_exponent": "exponent of <Lambda> ~ P^exponent (the paper: 1/2 in the feature regime)",
+                "lambda_low": f"low end of the {pct} interval of the Lambda exponent",
+                "lambda_high": f"high end of the {pct} interval of the Lambda exponent",
+                "lambda_prefactor": "A of <Lambda> = A P^exponent"}
+        for k, v in fields.items():
+            out[k] = (dims2, v, {"long_name": docs[k]})
+        for k, doc in (("eps", "<eps(f)>, test error, mean over seeds"), ("eps_sem", "standard error of <eps(f)>"),
+                       ("lam", "<Lambda> at the end, mean over seeds"), ("lam_sem", "standard error of <Lambda>"),
+                       ("lam_init", "<Lambda> at initialisation")):
+            out[{"lam": "lambda_mean", "lam_sem": "lambda_sem", "lam_init": "lambda_init_mean",
+                 "eps": "test_error_mean", "eps_sem": "test_error_sem"}[k]] = (dims3, curves[k], {"long_name": doc})
+        out["alpha_tilde_of_regime"] = ("regime", list(regimes.values()), {"long_name": "alpha_tilde of each regime"})
+        beta_lazy, beta_feature = predicted_betas(d, self.d_par)
+        out["beta_predicted"] = ("regime", [beta_feature if r == "feature" else beta_lazy for r in regimes],
+                                 {"long_name": "beta_lazy = d / (3d - 2), beta_feature = (d + d_perp / 2) / (3d - 2)"})
+        if self.compressed:
+            out = out.merge(self.compressed_curve(cube))
+        out.attrs.update({"analysis": self.name, "d": d, "d_par": self.d_par, "level": self.level})
+        return out
+
+    def compressed_curve(self, cube: xr.Dataset) -> xr.Dataset:
+        """<eps> over P of the compressed-kernel cube (over its seeds, at each of its other points: one curve)."""
+        from pathlib import Path
+
+        other = dlphase.open_cube(Path(self.compressed))
+        if "test_error" not in other or "P" not in other.dims:
+            raise DlphaseError(f"{self.compressed!r} has no test_error over P; give the cube of a kernel sweep")
+        eps = other["test_error"].where(usable(other))
+        rest = [dim for dim in eps.dims if dim not in ("P", "seed")]
+        eps = eps.mean("seed")
+        if any(other.sizes[dim] > 1 for dim in rest):
+            raise DlphaseError(f"{self.compressed!r} holds several points of {', '.join(rest)}; give one kernel "
+                               f"learning curve (one h and one alpha_tilde)")
+        eps = eps.squeeze(rest, drop=True)
+        fit = power_law_fit(eps["P"].values.astype(float), eps.values, self.level)
+        return xr.Dataset({
+            "compressed_test_error": eps.rename(P="P_compressed").assign_attrs(
+                long_name="<eps> of the kernel on compressed inputs, mean over seeds"),
+            "compressed_beta": ((), -fit["exponent"], {"long_name": "beta of the compressed kernel's learning curve"}),
+            "compressed_beta_low": ((), -fit["high"], {"long_name": "low end of its interval"}),
+            "compressed_beta_high": ((), -fit["low"], {"long_name": "high end of its interval"}),
+        })
+
+    def summary(self, result: xr.Dataset) -> list[str]:
+        lines = [f"stripe model, d = {result.attrs['d']}, d_par = {result.attrs['d_par']}: predicted beta_lazy = "
+                 f"{float(result['beta_predicted'].sel(regime='lazy')):.3f}, beta_feature = "
+                 f"{float(result['beta_predicted'].sel(regime='feature')):.3f}"]
+        for h in result["h"].values:
+            for regime in result["regime"].values:
+                r = result.sel(h=h, regime=regime)
+                a = float(r["alpha_tilde_of_regime"])
+                lines.append(f"h = {h}, {regime} (alpha_tilde = {a:g}): beta = {float(r['beta']):.3f} "
+                             f"[{float(r['beta_low']):.3f}, {float(r['beta_high']):.3f}] (predicted "
+                             f"{float(r['beta_predicted']):.3f}); Lambda ~ P^{float(r['lambda_exponent']):.3f} "
+                             f"[{float(r['lambda_low']):.3f}, {float(r['lambda_high']):.3f}], Lambda from "
+                             f"{float(r['lambda_mean'][0]):.3g} to {float(r['lambda_mean'][-1]):.3g}")
+        if "compressed_beta" in result:
+            lines.append(f"kernel on compressed inputs: beta = {float(result['compressed_beta']):.3f} "
+                         f"[{float(result['compressed_beta_low']):.3f}, {float(result['compressed_beta_high']):.3f}]")
+        return lines
+
+    def plot(self, result: xr.Dataset, backend: str = "bokeh"):
+        import holoviews as hv
+
+        from .curves import PALETTE, finish, style
+
+        marker = {"size": 8} if backend == "bokeh" else {"s": 40}
+        eps_items, lam_items = [], []
+        for i, h in enumerate(result["h"].values):
+            for j, regime in enumerate(result["regime"].values):
+                r = result.sel(h=h, regime=regime)
+                color = PALETTE[(2 * i + j) % len(PALETTE)]
+                label = f"h = {h}, {regime}"
+                P = r["P"].values
+                eps_items.append(hv.Scatter((P, r["test_error_mean"].values), "P", "test error",
+                                            label=f"{label}: beta = {float(r['beta']):.2f}").opts(color=color, **marker))
+                eps_items.append(hv.Curve((P, r["test_error_mean"].values), "P", "test error").opts(
+                    **style(backend, color)))
+                lam_items.append(hv.Scatter((P, r["lambda_mean"].values), "P", "Lambda",
+                                            label=f"{label}: P^{float(r['lambda_exponent']):.2f}").opts(
+                    color=color, **marker))
+                lam_items.append(hv.Curve((P, r["lambda_mean"].values), "P", "Lambda").opts(**style(backend, color)))
+        if "compressed_test_error" in result:
+            c = result["compressed_test_error"]
+            eps_items.append(hv.Curve((c["P_compressed"].values, c.values), "P", "test error",
+                                      label=f"NTK on compressed inputs: beta = {float(result['compressed_beta']):.2f}")
+                             .opts(**style(backend, "black", "dashed")))
+        P = result["P"].values.astype(float)
+        feature = result["lambda_mean"].sel(regime="feature").isel(h=0).values
+        if np.isfinite(feature[0]) and feature[0] > 0:
+            guide = feature[0] * np.sqrt(P / P[0])
+            lam_items.append(hv.Curve((P, guide), "P", "Lambda", label="P^(1/2)").opts(**style(backend, "gray",
+                                                                                                 "dotted")))
+        eps_plot = finish(hv.Overlay(eps_items), backend, "learning curves (stripe model)", "P", "test error",
+                          logx=True, logy=True)
+        lam_plot = finish(hv.Overlay(lam_items), backend, "compression Lambda = W_par / W_perp", "P", "Lambda",
+                          logx=True, logy=True)
+        return (eps_plot + lam_plot).cols(2)
+
+
+def weight_scatter(cube: xr.Dataset, backend: str = "bokeh", **point):
+    """The paper's Fig. 10-left: the first-layer weight vectors (W_i1, W_i2) of one run, pondered by their
+    outgoing weights (the marker's size), at initialisation, along the flow and at the end, from the variables
+    ``first_layer_w_*`` that ``first_layer`` stores with ``store_weights``."""
+    import holoviews as hv
+
+    from .curves import PALETTE, finish
+
+    if "first_layer_w_end" not in cube:
+        raise DlphaseError("the cube holds no first-layer weights; set observables.first_layer.store_weights = true")
+    run = cube.sel(**point) if point else cube.isel({d: 0 for d in ("h", "alpha_tilde", "P", "seed") if d in cube.dims})
+    moments = [("init", run["first_layer_w_init"], run["first_layer_v_init"])]
+    if "first_layer_w_traj" in run:
+        for k, t in enumerate(run["time"].values):
+            w = run["first_layer_w_traj"].isel(time=k)
+            if bool(np.isfinite(w).any()):
+                moments.append((f"t = {t:.3g}", w, run["first_layer_v_traj"].isel(time=k)))
+    moments.append(("end", run["first_layer_w_end"], run["first_layer_v_end"]))
+    items = []
+    for i, (label, w, v) in enumerate(moments):
+        w, v = w.values, v.values
+        keep = np.isfinite(v)
+        size = 3 + 12 * v[keep] / max(np.nanmax(v), 1e-300)
+        data = {"W_i1": w[keep, 0], "W_i2": w[keep, 1], "size": size}
+        opts = {"size": "size"} if backend == "bokeh" else {"s": hv.dim("size") ** 2}
+        items.append(hv.Points(data, ["W_i1", "W_i2"], ["size"], label=label).opts(
+            color=PALETTE[i % len(PALETTE)], alpha=0.6, **opts))
+    return finish(hv.Overlay(items), backend, "first-layer weights, pondered by their read-out", "W_i1 (informative)",
+                  "W_i2", logx=False, logy=False)
+
+
+@dlphase.hookimpl
+def register_analyses(register):
+    register(Stripe)
