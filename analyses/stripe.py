@@ -128,6 +128,9 @@ class Stripe(Analysis):
                                  {"long_name": "beta_lazy = d / (3d - 2), beta_feature = (d + d_perp / 2) / (3d - 2)"})
         if self.compressed:
             out = out.merge(self.compressed_curve(cube))
+        if "first_layer_w_end" in cube:
+            out = out.merge(stored_weights(cube, h=cube["h"].values[0], alpha_tilde=regimes["feature"],
+                                           P=cube["P"].values[-1], seed=cube["seed"].values[0]))
         out.attrs.update({"analysis": self.name, "d": d, "d_par": self.d_par, "level": self.level})
         return out
 
@@ -208,20 +211,19 @@ class Stripe(Analysis):
                           logx=True, logy=True)
         lam_plot = finish(hv.Overlay(lam_items), backend, "compression Lambda = W_par / W_perp", "P", "Lambda",
                           logx=True, logy=True)
-        return (eps_plot + lam_plot).cols(2)
+        panels = eps_plot + lam_plot
+        if "scatter_w" in result:
+            panels = panels + weight_scatter(result, backend)
+        return panels.cols(2)
 
 
-def weight_scatter(cube: xr.Dataset, backend: str = "bokeh", **point):
-    """The paper's Fig. 10-left: the first-layer weight vectors (W_i1, W_i2) of one run, pondered by their
-    outgoing weights (the marker's size), at initialisation, along the flow and at the end, from the variables
-    ``first_layer_w_*`` that ``first_layer`` stores with ``store_weights``."""
-    import holoviews as hv
-
-    from .curves import PALETTE, finish
-
+def stored_weights(cube: xr.Dataset, **point) -> xr.Dataset:
+    """The first-layer weight vectors of one run at each moment they were stored (initialisation, the
+    trajectory's checkpoints, the end), with the sizes of their outgoing weights: ``first_layer_w_*`` and
+    ``first_layer_v_*`` of the ``first_layer`` observable with ``store_weights``."""
     if "first_layer_w_end" not in cube:
         raise DlphaseError("the cube holds no first-layer weights; set observables.first_layer.store_weights = true")
-    run = cube.sel(**point) if point else cube.isel({d: 0 for d in ("h", "alpha_tilde", "P", "seed") if d in cube.dims})
+    run = cube.sel(**point)
     moments = [("init", run["first_layer_w_init"], run["first_layer_v_init"])]
     if "first_layer_w_traj" in run:
         for k, t in enumerate(run["time"].values):
@@ -229,17 +231,34 @@ def weight_scatter(cube: xr.Dataset, backend: str = "bokeh", **point):
             if bool(np.isfinite(w).any()):
                 moments.append((f"t = {t:.3g}", w, run["first_layer_v_traj"].isel(time=k)))
     moments.append(("end", run["first_layer_w_end"], run["first_layer_v_end"]))
+    label = ", ".join(f"{k} = {v:g}" for k, v in point.items())
+    return xr.Dataset({
+        "scatter_w": (("moment", "neuron", "input"), np.stack([m[1].values for m in moments]),
+                      {"long_name": f"first-layer weight vectors W_i of the run at {label}"}),
+        "scatter_v": (("moment", "neuron"), np.stack([m[2].values for m in moments]),
+                      {"long_name": "size of each neuron's outgoing weights"})},
+        coords={"moment": [m[0] for m in moments]}, attrs={"scatter_run": label})
+
+
+def weight_scatter(result: xr.Dataset, backend: str = "bokeh"):
+    """The paper's Fig. 10-left from :func:`stored_weights`: the weight vectors (W_i1, W_i2) at each moment,
+    the marker's size growing with the neuron's outgoing weights."""
+    import holoviews as hv
+
+    from .curves import PALETTE, finish
+
     items = []
-    for i, (label, w, v) in enumerate(moments):
-        w, v = w.values, v.values
+    v_max = max(float(np.nanmax(result["scatter_v"].values)), 1e-300)
+    for i, moment in enumerate(result["moment"].values):
+        w, v = result["scatter_w"].sel(moment=moment).values, result["scatter_v"].sel(moment=moment).values
         keep = np.isfinite(v)
-        size = 3 + 12 * v[keep] / max(np.nanmax(v), 1e-300)
-        data = {"W_i1": w[keep, 0], "W_i2": w[keep, 1], "size": size}
-        opts = {"size": "size"} if backend == "bokeh" else {"s": hv.dim("size") ** 2}
-        items.append(hv.Points(data, ["W_i1", "W_i2"], ["size"], label=label).opts(
+        size = 3 + 12 * v[keep] / v_max
+        data = {"W_i1": w[keep, 0], "W_i2": w[keep, 1], "size": size if backend == "bokeh" else size ** 2}
+        opts = {"size": "size"} if backend == "bokeh" else {"s": "size"}
+        items.append(hv.Points(data, ["W_i1", "W_i2"], ["size"], label=str(moment)).opts(
             color=PALETTE[i % len(PALETTE)], alpha=0.6, **opts))
-    return finish(hv.Overlay(items), backend, "first-layer weights, pondered by their read-out", "W_i1 (informative)",
-                  "W_i2", logx=False, logy=False)
+    return finish(hv.Overlay(items), backend, f"first-layer weights ({result.attrs.get('scatter_run', '')})",
+                  "W_i1 (informative)", "W_i2", logx=False, logy=False)
 
 
 @dlphase.hookimpl
