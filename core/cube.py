@@ -15,6 +15,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -191,23 +192,32 @@ def temporaries_of(path: str | os.PathLike, suffix: str = ".tmp") -> list[Path]:
     return sorted(path.parent.glob(f".{glob.escape(path.name)}.*{glob.escape(suffix)}"))
 
 
-#: how every dlphase file is written, on disk or in memory
+#: how every dlphase file is written
 NETCDF = {"engine": "netcdf4", "format": "NETCDF4"}
+#: HDF5 is not thread-safe, and xarray's locks leave the opening of files outside them: every netCDF read and
+#: write of dlphase holds this lock, so that threads (a threaded executor, a dask worker with several threads,
+#: the command that reads saved runs while workers write) never enter the library at once
+NETCDF_LOCK = threading.RLock()
+
+
+def _to_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> None:
+    with NETCDF_LOCK:
+        ds.to_netcdf(path, **NETCDF)
 
 
 def write_atomic(ds: xr.Dataset, path: str | os.PathLike) -> None:
     """Write netCDF4 atomically (see :func:`atomic_write`)."""
-    atomic_write(path, lambda tmp: ds.to_netcdf(tmp, **NETCDF), needs=ds.nbytes)
+    atomic_write(path, lambda tmp: _to_netcdf(ds, tmp), needs=ds.nbytes)
 
 
 def encode(ds: xr.Dataset) -> bytes:
     """The bytes of ``ds``'s netCDF4 file, as :func:`write_atomic` writes it: a worker encodes each run it trained,
-    so that the process that saves the runs only writes bytes. It goes through a temporary file, whose writes
-    xarray serialises across threads, where netCDF's in-memory files are not (threaded workers crash)."""
+    so that the process that saves the runs only writes bytes. It goes through a temporary file: netCDF's
+    in-memory files are created outside every lock."""
     fd, tmp = tempfile.mkstemp(prefix=".dlphase-encode.", suffix=".nc")
     os.close(fd)
     try:
-        ds.to_netcdf(tmp, **NETCDF)
+        _to_netcdf(ds, tmp)
         return Path(tmp).read_bytes()
     finally:
         os.unlink(tmp)
@@ -226,7 +236,7 @@ def open_cube(path: str | os.PathLike) -> xr.Dataset:
     if not path.is_file():
         raise DlphaseError(f"cube {str(path)!r} does not exist; give the .nc written by dlphase sweep or run")
     try:
-        with xr.open_dataset(path, engine="netcdf4") as ds:
+        with NETCDF_LOCK, xr.open_dataset(path, engine="netcdf4") as ds:
             return ds.load()
     except (OSError, ValueError) as exc:
         raise DlphaseError(f"cannot read {str(path)!r} as netCDF ({exc}); give a cube written by dlphase") from None

@@ -422,3 +422,26 @@ def test_cluster_settings_from_a_file_of_their_own(tiny_spec, tmp_path):
     write(config, '[cluster]\nqueue = "short"\ncores = 8\nprocesses = 2\nadapt_maximum = 20\n')
     settings = load_cluster_settings(config)
     assert (settings.queue, settings.cores, settings.processes, settings.adapt_maximum) == ("short", 8, 2, 20)
+
+
+STRESS = """
+import threading, numpy as np, xarray as xr
+from dlphase.cube import encode, open_cube, write_atomic, write_bytes_atomic
+ds = xr.Dataset({"a": (("x", "y"), np.random.default_rng(0).random((50, 40))), "status": ((), "converged")})
+def work(k):
+    for i in range(40):
+        write_bytes_atomic(encode(ds), f"{k}-{i}.nc")
+        assert open_cube(f"{k}-{i}.nc").identical(ds)
+        write_atomic(ds, f"w{k}-{i}.nc")
+threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+"""
+
+
+def test_netcdf_reads_and_writes_from_many_threads_at_once(tmp_path):
+    """A dask worker with several threads encodes runs while others are read: HDF5 is not thread-safe, and
+    without dlphase's lock this crashes the process (a segmentation fault within a few hundred files)."""
+    res = subprocess.run([sys.executable, "-c", STRESS], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(list(tmp_path.glob("*.nc"))) == 640
