@@ -19,7 +19,7 @@ from dlphase.errors import DlphaseError
 from dlphase.specs import positive, probability
 
 from .ensemble import usable
-from .stats import power_law_fit
+from .stats import power_law_fit, power_law_fits
 
 
 def predicted_betas(d: int, d_par: int) -> tuple[float, float]:
@@ -78,50 +78,37 @@ class Stripe(Analysis):
         if not 0 < self.d_par < d:
             raise DlphaseError(f"d_par = {self.d_par} must be between 1 and d - 1 = {d - 1}")
         regimes = self.regimes(cube)
-        ok = usable(cube)
-        P = cube["P"].values.astype(float)
-        out = xr.Dataset(coords={"h": cube["h"].values, "regime": list(regimes), "P": cube["P"].values})
-        shape = (cube.sizes["h"], len(regimes))
-        fields = {k: np.full(shape, np.nan) for k in ("beta", "beta_low", "beta_high", "beta_prefactor",
-                                                      "lambda_exponent", "lambda_low", "lambda_high",
-                                                      "lambda_prefactor")}
-        curves = {k: np.full(shape + (len(P),), np.nan) for k in ("eps", "eps_sem", "lam", "lam_sem", "lam_init")}
-        for i, h in enumerate(cube["h"].values):
-            for j, alpha in enumerate(regimes.values()):
-                at = cube.sel(h=h, alpha_tilde=alpha)
-                good = ok.sel(h=h, alpha_tilde=alpha)
-                eps = at["test_error"].where(good)
-                lam = at["lambda_end"].where(good)
-                curves["eps"][i, j] = eps.mean("seed").values
-                curves["eps_sem"][i, j] = (eps.std("seed", ddof=1) / np.sqrt(good.sum("seed"))).values
-                curves["lam"][i, j] = lam.mean("seed").values
-                curves["lam_sem"][i, j] = (lam.std("seed", ddof=1) / np.sqrt(good.sum("seed"))).values
-                if "lambda_init" in at:
-                    curves["lam_init"][i, j] = at["lambda_init"].where(good).mean("seed").values
-                fit = power_law_fit(P, curves["eps"][i, j], self.level)
-                fields["beta"][i, j], fields["beta_low"][i, j], fields["beta_high"][i, j] = \
-                    -fit["exponent"], -fit["high"], -fit["low"]
-                fields["beta_prefactor"][i, j] = fit["prefactor"]
-                fit = power_law_fit(P, curves["lam"][i, j], self.level)
-                fields["lambda_exponent"][i, j], fields["lambda_low"][i, j], fields["lambda_high"][i, j] = \
-                    fit["exponent"], fit["low"], fit["high"]
-                fields["lambda_prefactor"][i, j] = fit["prefactor"]
-        dims2, dims3 = ("h", "regime"), ("h", "regime", "P")
+        alphas = list(regimes.values())
+
+        def by_regime(da: xr.DataArray) -> xr.DataArray:
+            return da.sel(alpha_tilde=alphas).rename(alpha_tilde="regime").assign_coords(regime=list(regimes))
+
+        ok = by_regime(usable(cube))
+        n = np.sqrt(ok.sum("seed"))
+        eps, lam = by_regime(cube["test_error"]).where(ok), by_regime(cube["lambda_end"]).where(ok)
+        init = by_regime(cube["lambda_init"]).where(ok).mean("seed") if "lambda_init" in cube else \
+            xr.full_like(lam.mean("seed"), np.nan)
+        out = xr.Dataset({
+            "test_error_mean": eps.mean("seed").assign_attrs(long_name="<eps(f)>, test error, mean over seeds"),
+            "test_error_sem": (eps.std("seed", ddof=1) / n).assign_attrs(long_name="standard error of <eps(f)>"),
+            "lambda_mean": lam.mean("seed").assign_attrs(long_name="<Lambda> at the end, mean over seeds"),
+            "lambda_sem": (lam.std("seed", ddof=1) / n).assign_attrs(long_name="standard error of <Lambda>"),
+            "lambda_init_mean": init.assign_attrs(long_name="<Lambda> at initialisation"),
+        }).transpose("h", "regime", "P")
         pct = f"{self.level:.0%}"
-        docs = {"beta": "beta of <eps(f)> ~ P^(-beta)", "beta_low": f"low end of the {pct} interval of beta",
-                "beta_high": f"high end of the {pct} interval of beta",
-                "beta_prefactor": "A of <eps(f)> = A P^(-beta)",
-                "lambda_exponent": "exponent of <Lambda> ~ P^exponent (the paper: 1/2 in the feature regime)",
-                "lambda_low": f"low end of the {pct} interval of the Lambda exponent",
-                "lambda_high": f"high end of the {pct} interval of the Lambda exponent",
-                "lambda_prefactor": "A of <Lambda> = A P^exponent"}
-        for k, v in fields.items():
-            out[k] = (dims2, v, {"long_name": docs[k]})
-        for k, doc in (("eps", "<eps(f)>, test error, mean over seeds"), ("eps_sem", "standard error of <eps(f)>"),
-                       ("lam", "<Lambda> at the end, mean over seeds"), ("lam_sem", "standard error of <Lambda>"),
-                       ("lam_init", "<Lambda> at initialisation")):
-            out[{"lam": "lambda_mean", "lam_sem": "lambda_sem", "lam_init": "lambda_init_mean",
-                 "eps": "test_error_mean", "eps_sem": "test_error_sem"}[k]] = (dims3, curves[k], {"long_name": doc})
+        fits, _ = power_law_fits(out["P"].astype(float), out["test_error_mean"], "P", self.level)
+        # eps ~ P^(-beta): beta is minus the fitted exponent, and the interval flips
+        out["beta"] = (-fits["exponent"]).assign_attrs(long_name="beta of <eps(f)> ~ P^(-beta)")
+        out["beta_low"] = (-fits["high"]).assign_attrs(long_name=f"low end of the {pct} interval of beta")
+        out["beta_high"] = (-fits["low"]).assign_attrs(long_name=f"high end of the {pct} interval of beta")
+        out["beta_prefactor"] = fits["prefactor"].assign_attrs(long_name="A of <eps(f)> = A P^(-beta)")
+        fits, _ = power_law_fits(out["P"].astype(float), out["lambda_mean"], "P", self.level)
+        out["lambda_exponent"] = fits["exponent"].assign_attrs(
+            long_name="exponent of <Lambda> ~ P^exponent (the paper: 1/2 in the feature regime)")
+        out["lambda_low"] = fits["low"].assign_attrs(long_name=f"low end of the {pct} interval of the Lambda exponent")
+        out["lambda_high"] = fits["high"].assign_attrs(
+            long_name=f"high end of the {pct} interval of the Lambda exponent")
+        out["lambda_prefactor"] = fits["prefactor"].assign_attrs(long_name="A of <Lambda> = A P^exponent")
         out["alpha_tilde_of_regime"] = ("regime", list(regimes.values()), {"long_name": "alpha_tilde of each regime"})
         beta_lazy, beta_feature = predicted_betas(d, self.d_par)
         out["beta_predicted"] = ("regime", [beta_feature if r == "feature" else beta_lazy for r in regimes],
@@ -189,7 +176,8 @@ class Stripe(Analysis):
                 label = f"h = {h}, {regime}"
                 P = r["P"].values
                 eps_items.append(hv.Scatter((P, r["test_error_mean"].values), "P", "test error",
-                                            label=f"{label}: beta = {float(r['beta']):.2f}").opts(color=color, **marker))
+                                            label=f"{label}: beta = {float(r['beta']):.2f}").opts(color=color,
+                                                                                                 **marker))
                 eps_items.append(hv.Curve((P, r["test_error_mean"].values), "P", "test error").opts(
                     **style(backend, color)))
                 lam_items.append(hv.Scatter((P, r["lambda_mean"].values), "P", "Lambda",

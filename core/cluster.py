@@ -3,9 +3,9 @@ dask-jobqueue) a batch scheduler's jobs.
 
 The sweep's unit of work stays a batch of runs (one ensemble). Its futures come from the client's
 ``concurrent.futures`` executor, so the sweep engine treats a cluster like its process pool: each finished
-run comes back to this process as the bytes of its file, which it writes atomically to ``CUBE.runs/``. dask reruns a batch whose worker
-dies; a batch that raises is recorded as failed; losing the scheduler ends the sweep with every received run
-saved.
+run comes back to this process as the bytes of its file, which it writes atomically to ``CUBE.runs/``. dask
+reruns a batch whose worker dies; a batch that raises is recorded as failed; losing the scheduler ends the
+sweep with every received run saved.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from .cube import combine, open_cube
 from .errors import DlphaseError, SpecError
 from .run import groups
 from .specs import GRID_DIMS, Grid, Spec
-from .sweep import _progress, prepare_runs, run_batches, run_path, saved_run, write_cube
+from .sweep import _progress, placement, prepare_runs, run_batches, run_path, saved_run, write_cube
 
 #: how the seeds at one width ended
 JAMMED, CONVERGED, MIXED, FAILED = "jammed", "converged", "mixed", "failed"
@@ -160,12 +160,7 @@ def find_jamming_line(spec: Spec, out: str | os.PathLike, *, h_max: int | None =
     h_max = h_max or 8 * max(spec.grid.h)
     if h_max < max(spec.grid.h):
         raise DlphaseError(f"h_max = {h_max} is below the grid's largest width {max(spec.grid.h)}; raise --h-max")
-    if shared_fs is None:
-        shared_fs = spec.cluster is not None and spec.cluster.shared_fs
-    if client is not None:
-        from .cluster import ClientExecutor
-
-        executor = ClientExecutor(client)
+    executor, shared_fs = placement(spec, executor, client, shared_fs)
     out, runs_dir, lock = prepare_runs(spec, out, workers, "line")
 
     keys = [(a, P) for a in spec.grid.alpha_tilde for P in spec.grid.P]

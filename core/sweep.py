@@ -188,17 +188,25 @@ def sweep(spec: Spec, out: str | os.PathLike, *, workers: int = 1, executor: cf.
     runs execute in this process, in a pool of ``workers`` processes, on ``executor``, or on the cluster of a
     dask ``client``; every finished run is written here as it arrives, or, with ``shared_fs`` (workers that see
     ``out``'s folder; default: the spec's ``cluster.shared_fs``), by the worker that trained it."""
+    executor, shared_fs = placement(spec, executor, client, shared_fs)
+    out, runs_dir, lock = prepare_runs(spec, out, workers)
+    try:
+        return _sweep(spec, out, runs_dir, workers, executor, retry_failed, progress, on_run, shared_fs)
+    finally:
+        lock.release()
+
+
+def placement(spec: Spec, executor: cf.Executor | None, client,
+              shared_fs: bool | None) -> tuple[cf.Executor | None, bool]:
+    """The executor (a dask ``client``'s when one is given) and whether workers write their own runs (``shared_fs``;
+    None: the spec's ``cluster.shared_fs``), for :func:`sweep` and the jamming search alike."""
     if shared_fs is None:
         shared_fs = spec.cluster is not None and spec.cluster.shared_fs
     if client is not None:
         from .cluster import ClientExecutor
 
         executor = ClientExecutor(client)
-    out, runs_dir, lock = prepare_runs(spec, out, workers)
-    try:
-        return _sweep(spec, out, runs_dir, workers, executor, retry_failed, progress, on_run, shared_fs)
-    finally:
-        lock.release()
+    return executor, shared_fs
 
 
 def _sweep(spec, out, runs_dir, workers, executor, retry_failed, progress, on_run, shared_fs) -> xr.Dataset:
@@ -266,13 +274,8 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
         pending: dict[cf.Future, list] = {}
         queue = list(batches)
         while queue or pending:
-            # batches in flight: one in this process, so that each batch is saved before the next one trains;
-            # twice the workers in a pool, whose idle workers take them in order; on a dask cluster one per
-            # worker thread, counted again as workers come and go, so that no batch waits behind another on a
-            # busy worker while one is idle
-            threads = getattr(executor, "worker_threads", None)
-            limit = 1 if inline else max(1, threads) if threads is not None else \
-                2 * max(workers, getattr(executor, "_max_workers", 1) or 1)
+            threads = getattr(executor, "worker_threads", None)  # a dask cluster's, counted again every round
+            limit = _in_flight(executor, workers, threads)
             if hint_idle and threads and threads > len(batches):
                 hint_idle = False
                 size = max(map(len, batches))
@@ -322,6 +325,17 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
     finally:
         if own_executor:
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _in_flight(executor: cf.Executor, workers: int, threads: int | None) -> int:
+    """How many batches to keep submitted: one in this process, so that each batch is saved before the next one
+    trains; one per worker thread on a dask cluster, so that no batch waits behind another on a busy worker
+    while one is idle; twice the workers in a pool, whose idle workers take them in order."""
+    if isinstance(executor, InlineExecutor):
+        return 1
+    if threads is not None:
+        return max(1, threads)
+    return 2 * max(workers, getattr(executor, "_max_workers", 1) or 1)
 
 
 @attrs.frozen

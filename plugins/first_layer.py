@@ -35,12 +35,6 @@ _DOCS = {"w_par": "W_par, characteristic scale of the first-layer weights along 
          "alignment": "pondered mean squared cosine between first-layer neurons and the informative subspace"}
 
 
-def informative_basis(informative: "np.ndarray | torch.Tensor", like: torch.Tensor) -> torch.Tensor:
-    """The informative directions (k, d) as a tensor of ``like``'s dtype and device."""
-    return torch.as_tensor(np.asarray(informative) if not isinstance(informative, torch.Tensor) else informative,
-                           dtype=like.dtype, device=like.device)
-
-
 def scales(w: torch.Tensor, v: torch.Tensor, basis: torch.Tensor, weighting: str = "readout") -> dict[str, float]:
     """W_par, W_perp, Lambda and the alignment of first-layer weights ``w`` (h, d) whose neurons send on with
     weights of size ``v`` (h,), for the informative ``basis`` (k, d); ``weighting``: ``readout`` (c_i ~ v_i) or
@@ -93,7 +87,7 @@ def basis_of(data, coordinates: tuple[int, ...] | None, like: torch.Tensor) -> t
     if data.informative is None:
         raise dlphase.DataError("the dataset declares no informative directions; give them, e.g. "
                                 "observables.first_layer.informative = [0]")
-    return informative_basis(data.informative, like)
+    return torch.as_tensor(np.asarray(data.informative), dtype=like.dtype, device=like.device)
 
 
 @attrs.frozen(kw_only=True)

@@ -29,6 +29,7 @@ from dlphase.specs import positive
 
 from .batched import loss_coefficients
 from .controller import reference
+from .first_layer import compress, first_layer_of, scales
 from .kernels import KernelFunction, KernelName, KernelPredictor
 from .losses import MSE, Hinge, SoftHinge
 from .stopping import common_rules, stops
@@ -47,9 +48,8 @@ class CompressedKernel:
         self.inner, self.basis, self.lam = inner, basis, lam
 
     def __call__(self, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
-        from .first_layer import compress
-
-        return self.inner(compress(x1, self.basis, self.lam), None if x2 is None else compress(x2, self.basis, self.lam))
+        return self.inner(compress(x1, self.basis, self.lam),
+                          None if x2 is None else compress(x2, self.basis, self.lam))
 
 
 @attrs.frozen(kw_only=True)
@@ -75,7 +75,8 @@ class KernelMethod(Dynamics):
         if self.net_dynamics is not None and self.kernel != "ntk_final" and self.compression != "trained":
             raise ValueError(f"net_dynamics trains the net for kernel = 'ntk_final' or compression = 'trained', not "
                              f"for kernel {self.kernel!r}; drop it")
-        if isinstance(self.compression, (int, float)) and not (self.compression > 0 and math.isfinite(self.compression)):
+        if isinstance(self.compression, (int, float)) and not (self.compression > 0
+                                                                and math.isfinite(self.compression)):
             raise ValueError(f"compression = {self.compression!r} must be a finite Lambda > 0, or 'trained'")
         if self.compression == "trained" and self.kernel == "ntk_final":
             raise ValueError("compression = 'trained' trains the net to measure Lambda, and ntk_final would then be "
@@ -106,8 +107,6 @@ class KernelMethod(Dynamics):
                                         f"{res.status}: {res.message}")
         if self.compression is None:
             return KernelFunction(self.kernel, model, data.x_train, self.bandwidth, self.quadrature), note
-        from .first_layer import compress, first_layer_of, scales
-
         if data.informative is None:
             raise dlphase.DataError("compression needs the dataset's informative directions, and this dataset "
                                     "declares none (the stripe model does)")

@@ -194,8 +194,8 @@ def test_compression_trained_takes_lambda_from_the_net_of_the_same_point(tmp_pat
     ('dynamics.kernel="ntk_final"', "use ntk_init or ntk_infinite"),
 ])
 def test_bad_compressions_are_one_line(tmp_path, setting, message):
-    spec = write(tmp_path / "s.toml", PLAIN_SPEC.replace('name = "gradient_flow"\nmax_steps = 300',
-                                                          'name = "ridge"\nkernel = "ntk_init"\ncompression = "trained"'))
+    ridge = 'name = "ridge"\nkernel = "ntk_init"\ncompression = "trained"'
+    spec = write(tmp_path / "s.toml", PLAIN_SPEC.replace('name = "gradient_flow"\nmax_steps = 300', ridge))
     res = run_cli_here("sweep", spec, "-o", tmp_path / "c.nc", "--set", setting)
     assert res.returncode == 2 and message in res.stderr and res.stderr.count("\n") == 1, res.stderr
     assert not (tmp_path / "c.nc").exists()
