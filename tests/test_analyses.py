@@ -116,6 +116,27 @@ def test_learning_curve_recovers_beta():
     assert LearningCurve().applies(cube.isel(P=[0, 1])) == "the cube has fewer than 3 values of P"
 
 
+def test_learning_curve_leaves_jammed_points_out_and_lists_them():
+    """One member jammed at the two largest P of alpha_tilde = 0.01, where its error is 5 times the law's: the fit
+    leaves those points out and recovers beta; keep_jammed puts them back and the slope flattens."""
+    cube = learning_curve_cube()
+    n_delta = xr.zeros_like(cube["test_error"])
+    n_delta[0, 0, -2:, 3] = 7
+    eps = cube["test_error"].copy()
+    eps[0, 0, -2:, 3] *= 5
+    cube = cube.assign(n_delta=n_delta, test_error=eps)
+    result = LearningCurve().compute(cube)
+    r = result.sel(alpha_tilde=0.01, h=100)
+    assert float(r["beta_low"]) <= 0.4 <= float(r["beta_high"]) and int(r["beta_n"]) == 4
+    assert r["jammed"].values.tolist() == [False] * 4 + [True] * 2
+    lines = LearningCurve().summary(result)
+    assert lines[-1] == "jammed (a member ended with N_Delta > 0), left out h = 100, alpha_tilde = 0.01: P = 1600, 3200"
+    kept = LearningCurve(keep_jammed=True).compute(cube).sel(alpha_tilde=0.01, h=100)
+    assert int(kept["beta_n"]) == 6 and float(kept["beta"]) < float(r["beta_low"])
+    assert LearningCurve(keep_jammed=True).summary(result.assign_attrs(keep_jammed=1))[-1].startswith(
+        "jammed (a member ended with N_Delta > 0), kept h = 100")
+
+
 def test_a_third_party_analysis_runs_like_the_built_ins(manager, tmp_path):
     from dlphase.analyses.report import write_report
 
