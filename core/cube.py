@@ -26,7 +26,8 @@ from .specs import GRID_DIMS, Spec
 
 COORD_ATTRS = {
     "h": {"long_name": "width h (hidden units or channels per layer)", "units": "1"},
-    "alpha_tilde": {"long_name": "rescaled output scale alpha_tilde = sqrt(h) alpha", "units": "1"},
+    "alpha_tilde": {"long_name": "rescaled output scale alpha_tilde (alpha = alpha_tilde / sqrt(h) for 1 / sqrt(h) "
+                                 "read-outs)", "units": "1"},
     "P": {"long_name": "number of training points P", "units": "1"},
     "seed": {"long_name": "initialisation seed", "units": "1"},
 }

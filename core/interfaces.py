@@ -166,6 +166,15 @@ class Architecture(Component):
     def check(self, dataset: "Dataset") -> None:
         """Raise ValueError if this architecture cannot take the dataset's points (checked with the spec)."""
 
+    def alpha(self, alpha_tilde: float, h: int) -> float:
+        """alpha of f = alpha (f~ - f~0) at ``alpha_tilde``. The default, alpha_tilde / sqrt(h), suits a net
+        whose read-out is NTK-scaled (1 / sqrt(h)): f is then alpha_tilde / h times the sum over the last layer's
+        units, so one alpha_tilde means one model across architectures. A net with another read-out overrides
+        this to keep that meaning (mean_field, whose read-out is 1 / h, uses alpha = alpha_tilde)."""
+        from .model import alpha_of
+
+        return alpha_of(alpha_tilde, h)
+
     def infinite_kernels(self, x1: "torch.Tensor", x2: "torch.Tensor | None" = None,
                          quadrature: int = 24) -> "dict[str, torch.Tensor] | None":
         """The h -> infinity NNGP and NTK of f~ between the rows of x1 and x2, {"nngp": ..., "ntk": ...}, for

@@ -26,6 +26,13 @@ def alpha_of(alpha_tilde: float, h: int) -> float:
     return alpha_tilde / math.sqrt(h)
 
 
+def reference_time_factor(alpha_tilde: float, alpha: float | None) -> float:
+    """t_reference / t = alpha_tilde / alpha^2: dlphase's flow descends L / alpha^2, the reference code's descends
+    L / alpha_tilde (its read-out is (alpha_tilde / h) sum_i, as ours), so its clock runs this much faster.
+    NaN when alpha is unknown."""
+    return math.nan if alpha is None else alpha_tilde / alpha ** 2
+
+
 class AlphaModel(torch.nn.Module):
     """f = alpha (net - net0); ``net`` is trained, ``net0`` is a frozen copy taken at construction."""
 

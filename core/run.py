@@ -13,7 +13,7 @@ import xarray as xr
 from . import data_cache
 from .errors import DlphaseError, SpecError
 from .interfaces import Data, RunState, TorchData, Variable
-from .model import AlphaModel, alpha_of
+from .model import AlphaModel, reference_time_factor
 from .results import TrainResult
 from .specs import GRID_DIMS, Spec, validation_points
 from .trajectory import Monitor
@@ -25,6 +25,8 @@ RUN_VARIABLES = {
     "steps": Variable(long_name="accepted steps"),
     "rejected": Variable(long_name="rejected trial steps"),
     "t": Variable(long_name="flow time reached", units="time"),
+    "t_reference": Variable(long_name="flow time reached, in the reference code's units: t alpha_tilde / alpha^2",
+                            units="time"),
     "wall_seconds": Variable(long_name="wall time of the run", units="s"),
 }
 
@@ -64,7 +66,8 @@ class Run:
 
     @property
     def alpha(self) -> float:
-        return alpha_of(self.point["alpha_tilde"], self.point["h"])
+        """alpha of f = alpha (f~ - f~0), as the architecture defines it from alpha_tilde and h."""
+        return self.spec.architecture.alpha(self.point["alpha_tilde"], self.point["h"])
 
     @functools.cached_property
     def data(self) -> Data:
@@ -106,16 +109,20 @@ class Run:
                     raise RuntimeError(f"two observables produce the variable {key!r}")
                 values[key] = value
                 schema[key] = obs.variables[key]
-        return point_dataset(self.point, self.id, self.result, values, schema, self.data.attrs, coords)
+        return point_dataset(self.point, self.id, self.result, values, schema, self.data.attrs, coords,
+                             alpha=self.alpha)
 
 
 def point_dataset(point: Mapping[str, Any], run_id: str, result: TrainResult,
                   values: Mapping[str, Any], schema: Mapping[str, Variable],
                   data_attrs: Mapping[str, Any] | None = None,
-                  coords: Mapping[str, Any] | None = None) -> xr.Dataset:
-    """Assemble one run's variables (no grid dims; grid values as scalar coordinates)."""
+                  coords: Mapping[str, Any] | None = None, alpha: float | None = None) -> xr.Dataset:
+    """Assemble one run's variables (no grid dims; grid values as scalar coordinates). ``alpha``: the run's
+    alpha, for ``t_reference`` (NaN without it)."""
     run_values = {"status": result.status, "message": result.message, "steps": result.steps,
-                  "rejected": result.rejected, "t": result.t, "wall_seconds": result.wall_seconds}
+                  "rejected": result.rejected, "t": result.t,
+                  "t_reference": result.t * reference_time_factor(point["alpha_tilde"], alpha),
+                  "wall_seconds": result.wall_seconds}
     variables = {}
     for key, value in {**run_values, **values}.items():
         var = RUN_VARIABLES.get(key) or schema[key]
@@ -154,7 +161,8 @@ def failed_point(spec: Spec, point: Mapping[str, Any], message: str,
     """The record of a run that raised: status ``failed`` and the message, no observables."""
     result = result or TrainResult(status="failed")
     result.status, result.message = "failed", message
-    return point_dataset(point, spec.run_id(point), result, {}, {})
+    return point_dataset(point, spec.run_id(point), result, {}, {},
+                         alpha=spec.architecture.alpha(point["alpha_tilde"], point["h"]))
 
 
 def _members_per_batch(h: int, P: int) -> int:

@@ -75,7 +75,8 @@ class Grid:
 
     h: tuple[int, ...] = param(doc="widths h (> 0)", validator=_grid_values(lambda v: v > 0, "> 0"))
     alpha_tilde: tuple[float, ...] = param(
-        doc="alpha_tilde = sqrt(h) alpha (> 0)",
+        doc="alpha_tilde (> 0): f is alpha_tilde / h times a sum over the read-out units (alpha = alpha_tilde / "
+            "sqrt(h) for fc and cnn)",
         validator=_grid_values(lambda v: v > 0 and math.isfinite(v), "finite and > 0"))
     P: tuple[int, ...] = param(doc="numbers of training points (> 0)", validator=_grid_values(lambda v: v > 0, "> 0"))
     seed: tuple[int, ...] = param(default=(0,), doc="initialisation seeds (>= 0)",

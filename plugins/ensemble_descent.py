@@ -1,7 +1,7 @@
 """The engine of ``gd`` and ``sgd``: M members of one architecture and width stepped as one batched computation.
 
-Each step: theta <- theta - lr v, v <- momentum v + grad (L_batch / alpha^2) + weight_decay theta,
-per member, with its own alpha. Members share the minibatch order (the dynamics' own seed), so each
+Each step: theta <- theta - lr v, v <- momentum v + grad (L_batch / alpha^2) + weight_decay (theta - theta_ref),
+with theta_ref = 0 or theta_0, per member, with its own alpha. Members share the minibatch order (the dynamics' own seed), so each
 member follows the trajectory it follows alone. The stop rules are checked on the whole training set
 every step for GD and once an epoch for SGD; a member that stops leaves the batch.
 """
@@ -23,7 +23,8 @@ from .stopping import common_rules, finish_member, stops, validation_tracker
 
 
 def descend_ensemble(dyn, models, data, monitors, batch_size: int | None = None, momentum: float = 0.0,
-                     weight_decay: float = 0.0, seed: int = 0) -> list[TrainResult]:
+                     weight_decay: float = 0.0, decay_toward_init: bool = False,
+                     seed: int = 0) -> list[TrainResult]:
     """Train ``models`` in place by (minibatch) gradient descent with step ``dyn.lr``.
 
     ``batch_size`` None: full batch (GD), the stop rules checked every step; else minibatches drawn
@@ -89,7 +90,8 @@ def descend_ensemble(dyn, models, data, monitors, batch_size: int | None = None,
         grads = net.backward(b.params, ctx, coef)
         with torch.no_grad():
             if weight_decay:
-                grads = [g + weight_decay * p for g, p in zip(grads, b.params)]
+                ref = b.params0 if decay_toward_init else [0.0] * len(b.params)
+                grads = [g + weight_decay * (p - r) for g, p, r in zip(grads, b.params, ref)]
             if b.velocity is not None:
                 b.velocity = [momentum * v + g for v, g in zip(b.velocity, grads)]
                 grads = b.velocity

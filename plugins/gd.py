@@ -8,7 +8,7 @@ Runs of one architecture and width train together as batched ensembles (ensemble
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import attrs
 
@@ -25,17 +25,23 @@ class Descent(Batched):
     """What GD and SGD share: a step ``lr``, and the batched engine of ensemble_descent.py."""
 
     lr: float = param(default=1.0, doc="the fixed step (learning rate); t = lr x steps", validator=positive)
+    weight_decay: float = param(default=0.0, doc="adds weight_decay (theta - theta_ref) to the gradient",
+                                validator=non_negative)
+    decay_toward: Literal["zero", "init"] = param(
+        default="zero", doc="theta_ref of the weight decay: zero (plain L2) or init (theta_0, which keeps f = 0 "
+                            "the decay's fixed point, as the paper's alpha trick wants)")
 
     def _engine_options(self) -> dict:
         return {}
 
     def train_pass(self, models, data, monitors):
-        return descend_ensemble(self, models, data, monitors, **self._engine_options())
+        return descend_ensemble(self, models, data, monitors, weight_decay=self.weight_decay,
+                                decay_toward_init=self.decay_toward == "init", **self._engine_options())
 
 
 @attrs.frozen(kw_only=True)
 class GD(Descent):
-    """Full-batch gradient descent theta <- theta - lr grad (L / alpha^2)."""
+    """Full-batch gradient descent theta <- theta - lr grad (L / alpha^2), with optional weight decay."""
 
     name: ClassVar[str] = "gd"
 
@@ -49,7 +55,6 @@ class SGD(Descent):
     batch_size: int = param(default=32, doc="minibatch size (sampled without replacement each epoch)",
                             validator=positive)
     momentum: float = param(default=0.0, doc="heavy-ball momentum in [0, 1)", validator=non_negative)
-    weight_decay: float = param(default=0.0, doc="adds weight_decay theta to the gradient", validator=non_negative)
     seed: int = param(default=0, doc="seed of the minibatch order (separate from the init seed)",
                       validator=non_negative)
 
@@ -58,8 +63,7 @@ class SGD(Descent):
             raise ValueError(f"momentum = {self.momentum} must be below 1")
 
     def _engine_options(self):
-        return {"batch_size": self.batch_size, "momentum": self.momentum, "weight_decay": self.weight_decay,
-                "seed": self.seed}
+        return {"batch_size": self.batch_size, "momentum": self.momentum, "seed": self.seed}
 
 
 @dlphase.hookimpl

@@ -4,8 +4,9 @@ With K = sum_lambda lambda phi_lambda phi_lambda^T (eigenvalues in decreasing or
 with labels y:
 - the fraction of |y|^2 carried by the top k eigenvectors, sum_{lambda <= k} (phi_lambda . y)^2 / |y|^2;
 - the projection omega_lambda = (phi_lambda . y)^2 / |y|^2 of each top eigenvector;
-- the mutual information (nats) between the components phi_lambda(x_mu) and the labels y_mu, by scikit-learn's
-  nearest-neighbour estimator for a continuous variable against a discrete one (Ross 2014).
+- the mutual information (nats; the ntk_kpca observable converts to bits) between the components phi_lambda(x_mu)
+  and the labels y_mu, by scikit-learn's nearest-neighbour estimator for a continuous variable against a discrete
+  one (Ross 2014).
 """
 
 from __future__ import annotations

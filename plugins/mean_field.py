@@ -1,7 +1,8 @@
 """The mean-field one-hidden-layer net of eq. (7): f~ = (1/h) sum_i W2_i sigma(W1_i . x / sqrt(d) + B_i).
 
-All weights N(0,1). The output is scaled by 1/h rather than 1/sqrt(h); alpha = alpha_tilde / sqrt(h)
-still multiplies f~ - f~0, as for every architecture.
+All weights N(0,1). The read-out is 1/h rather than 1/sqrt(h), so alpha = alpha_tilde multiplies f~ - f~0:
+f = (alpha_tilde / h) sum_i W2_i sigma(...) less its initial value, the same model as ``fc`` with depth 1 (and the
+same biases) at the same alpha_tilde. Eq. (7) itself is alpha_tilde = 1.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class MeanFieldNet(Net):
 
 @attrs.frozen(kw_only=True)
 class MeanField(Architecture):
-    """One hidden layer, output (1/h) sum_i W2_i sigma(W1_i . x / sqrt(d) + B_i) (eq. 7)."""
+    """One hidden layer, output (1/h) sum_i W2_i sigma(W1_i . x / sqrt(d) + B_i) (eq. 7), with alpha = alpha_tilde:
+    at a given alpha_tilde, the same predictor as fc with depth 1 and the same weights."""
 
     name: ClassVar[str] = "mean_field"
     activation: Literal["swish", "relu", "tanh"] = param(default="relu", doc="sigma: relu (as the paper's text), "
@@ -68,6 +70,10 @@ class MeanField(Architecture):
 
     def build(self, h, input_shape, generator):
         return MeanFieldNet(math.prod(input_shape), h, self.activation, self.bias, generator)
+
+    def alpha(self, alpha_tilde, h):
+        """alpha_tilde: the 1/h read-out already holds the 1/sqrt(h) that fc's alpha carries."""
+        return float(alpha_tilde)
 
 
 @dlphase.hookimpl

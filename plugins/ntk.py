@@ -9,7 +9,8 @@ times it). The lazy / feature crossover of the phase diagram is where the change
 
 from __future__ import annotations
 
-from typing import ClassVar
+import math
+from typing import ClassVar, Literal
 
 import attrs
 import numpy as np
@@ -128,7 +129,7 @@ class NTKKernelPCA(Observable):
     top k eigenvectors, each eigenvector's projection and its mutual information with the labels (Fig. 11)."""
 
     name: ClassVar[str] = "ntk_kpca"
-    variables: ClassVar = {
+    schema: ClassVar = {
         f"kpca_{what}_{key}": Variable(long_name=f"{doc} ({when})", dims=(dim,), units=units)
         for key, when in (("init", "Theta_0"), ("end", "Theta_end"))
         for what, doc, dim, units in (
@@ -140,7 +141,16 @@ class NTKKernelPCA(Observable):
                                doc="numbers of top eigenvectors for the fraction of |y|^2", validator=None)
     top: int = param(default=10, doc="eigenvectors whose projection and mutual information are stored",
                      validator=positive)
-    neighbors: int = param(default=3, doc="neighbours of the mutual information estimator", validator=positive)
+    neighbors: int = param(default=3, doc="neighbours of the mutual information estimator (the paper's Fig. 11: 5)",
+                           validator=positive)
+    mi_unit: Literal["nat", "bit"] = param(default="nat", doc="unit of the mutual information (the paper's Fig. 11: "
+                                                              "bit)")
+
+    @property
+    def variables(self):
+        """The schema, with the mutual information in ``mi_unit``."""
+        return {key: attrs.evolve(v, units=self.mi_unit) if key.startswith("kpca_mi") else v
+                for key, v in self.schema.items()}
 
     @k.validator
     def _check_k(self, attribute, value):
@@ -161,7 +171,7 @@ class NTKKernelPCA(Observable):
             res = kernel_pca(g[key].cpu().numpy(), y, self.k, self.top, self.neighbors)
             out[f"kpca_fraction_{key}"] = res["fraction"]
             out[f"kpca_projection_{key}"] = res["projection"]
-            out[f"kpca_mi_{key}"] = res["mutual_information"]
+            out[f"kpca_mi_{key}"] = res["mutual_information"] / (math.log(2) if self.mi_unit == "bit" else 1.0)
         return out
 
 

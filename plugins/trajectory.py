@@ -10,10 +10,13 @@ import numpy as np
 
 import dlphase
 from dlphase import Observable, Variable, param
+from dlphase.model import reference_time_factor
 from dlphase.specs import positive
 
 VARIABLES = {
     "traj_t": Variable(long_name="flow time at which each checkpoint was recorded", units="time", dims=("time",)),
+    "traj_t_reference": Variable(long_name="traj_t in the reference code's units (t alpha_tilde / alpha^2)",
+                                 units="time", dims=("time",)),
     "traj_train_loss": Variable(long_name="training loss L along the flow", dims=("time",)),
     "traj_test_error": Variable(long_name="test error along the flow", dims=("time",)),
     "traj_n_delta": Variable(long_name="N_Delta along the flow", dims=("time",)),
@@ -47,7 +50,10 @@ class Trajectory(Observable):
     def measure(self, run):
         if run.monitor is None:
             raise RuntimeError("the trajectory observable needs the dynamics to record checkpoints")
-        return {f"traj_{q}": v for q, v in run.monitor.values.items()}
+        values = {f"traj_{q}": v for q, v in run.monitor.values.items()}
+        values["traj_t_reference"] = np.asarray(values["traj_t"]) * reference_time_factor(
+            run.point["alpha_tilde"], run.model.alpha)
+        return values
 
 
 @dlphase.hookimpl

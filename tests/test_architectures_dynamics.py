@@ -68,6 +68,55 @@ def test_mean_field_matches_eq_7():
     np.testing.assert_allclose(net(torch.from_numpy(x)).detach().numpy(), f, rtol=1e-12)
 
 
+MF_SPEC = """
+[dataset]
+name = "stripe"
+d = 3
+n_test = 200
+
+[architecture]
+name = "mean_field"
+activation = "relu"
+bias = true
+
+[dynamics]
+name = "gradient_flow"
+loss = "hinge"
+max_steps = 20000
+
+[grid]
+h = [16]
+alpha_tilde = [30.0]
+P = [40]
+seed = [0]
+"""
+
+
+def test_mean_field_at_alpha_tilde_is_fc_of_depth_1_at_alpha_tilde(tmp_path):
+    """From the same weights, mean_field and fc (depth 1, biases) give the same f at the same alpha_tilde, and
+    train to the same predictor at the same flow time in the reference's units (dlphase's t differs by h)."""
+    path = tmp_path / "s.toml"
+    path.write_text(MF_SPEC)
+    mf_spec = dlphase.load_spec(path)
+    fc_spec = dlphase.load_spec(path, ["architecture.name=fc", "architecture.depth=1"])
+    fc, mf = dlphase.Run(fc_spec), dlphase.Run(mf_spec)
+    assert fc.alpha == pytest.approx(30.0 / 4) and mf.alpha == pytest.approx(30.0)
+    with torch.no_grad():
+        for net in (mf.model.net, mf.model.net0):
+            net.w1.copy_(fc.model.net.weights[0])
+            net.b.copy_(fc.model.net.biases[0])
+            net.w2.copy_(fc.model.net.weights[1][0])
+    x = fc.tensors.x_test
+    torch.testing.assert_close(fc.model.net(x) / 4, mf.model.net(x), rtol=1e-12, atol=1e-14)  # 1/sqrt(h) vs 1/h
+    fc_ds, mf_ds = fc.train(), mf.train()
+    assert fc_ds["status"].item() == mf_ds["status"].item() == "converged"
+    scale = float(np.abs(fc_ds["f_test"]).max())
+    np.testing.assert_allclose(mf_ds["f_test"], fc_ds["f_test"], rtol=0, atol=2e-3 * scale)
+    assert float(mf_ds["t"]) == pytest.approx(16 * float(fc_ds["t"]), rel=0.05)
+    assert float(mf_ds["t_reference"]) == pytest.approx(float(fc_ds["t_reference"]), rel=0.05)
+    assert float(fc_ds["t_reference"]) == pytest.approx(float(fc_ds["t"]) * 16 / 30.0)
+
+
 def problem():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((12, 3))
@@ -77,13 +126,14 @@ def problem():
                                x_test=torch.from_numpy(x), y_test=torch.from_numpy(y))
 
 
-def numpy_descent(x, y, w0, alpha, lr, steps, momentum=0.0, wd=0.0):
-    """w <- w - lr (grad of mean (1 - y f)^2 / 2 / alpha^2 + wd w), with heavy-ball momentum."""
+def numpy_descent(x, y, w0, alpha, lr, steps, momentum=0.0, wd=0.0, toward_init=False):
+    """w <- w - lr (grad of mean (1 - y f)^2 / 2 / alpha^2 + wd (w - w_ref)), w_ref = 0 or w0, with heavy-ball
+    momentum."""
     w, v = w0.copy(), np.zeros_like(w0)
     for _ in range(steps):
         f = alpha * x @ (w - w0)
         g = (-(1 - y * f) * y)[:, None] * x * alpha / len(y) / alpha ** 2
-        g = g.sum(0) + wd * w
+        g = g.sum(0) + wd * (w - (w0 if toward_init else 0))
         v = momentum * v + g
         w = w - lr * v
     return w
@@ -97,14 +147,31 @@ def test_gd_matches_numpy():
     np.testing.assert_allclose(model.net.w.detach().numpy(), numpy_descent(x, y, w0, 0.5, 0.05, 40), rtol=1e-12)
 
 
-@pytest.mark.parametrize("momentum, wd", [(0.0, 0.0), (0.9, 0.0), (0.5, 0.01)])
-def test_full_batch_sgd_matches_numpy(momentum, wd):
+@pytest.mark.parametrize("momentum, wd, toward", [(0.0, 0.0, "zero"), (0.9, 0.0, "zero"), (0.5, 0.01, "zero"),
+                                                  (0.5, 0.3, "init")])
+def test_full_batch_sgd_matches_numpy(momentum, wd, toward):
     x, y, w0, data = problem()
     model = AlphaModel(Linear(w0), alpha=2.0)
-    res = SGD(loss=MSE(), lr=0.03, batch_size=12, momentum=momentum, weight_decay=wd, max_steps=25).train(model, data)
+    res = SGD(loss=MSE(), lr=0.03, batch_size=12, momentum=momentum, weight_decay=wd, decay_toward=toward,
+              max_steps=25).train(model, data)
     assert res.steps == 25
     np.testing.assert_allclose(model.net.w.detach().numpy(),
-                               numpy_descent(x, y, w0, 2.0, 0.03, 25, momentum, wd), rtol=1e-11)
+                               numpy_descent(x, y, w0, 2.0, 0.03, 25, momentum, wd, toward == "init"), rtol=1e-11)
+
+
+@pytest.mark.parametrize("toward", ["zero", "init"])
+def test_gd_weight_decay_pulls_toward_zero_or_theta_0(toward):
+    """GD with a strong decay toward theta_0 stays near theta_0 (f stays near 0); toward zero it shrinks theta."""
+    x, y, w0, data = problem()
+    model = AlphaModel(Linear(w0), alpha=0.5)
+    GD(loss=MSE(), lr=0.05, weight_decay=0.5, decay_toward=toward, max_steps=40).train(model, data)
+    w = model.net.w.detach().numpy()
+    np.testing.assert_allclose(w, numpy_descent(x, y, w0, 0.5, 0.05, 40, 0.0, 0.5, toward == "init"), rtol=1e-12)
+    plain = numpy_descent(x, y, w0, 0.5, 0.05, 40)
+    if toward == "init":
+        assert np.linalg.norm(w - w0) < np.linalg.norm(plain - w0)
+    else:
+        assert np.linalg.norm(w) < np.linalg.norm(plain)
 
 
 def test_sgd_minibatches_converge_and_depend_on_their_seed():

@@ -144,6 +144,21 @@ def test_ntk_kpca_shares_the_gram_matrices(monkeypatch):
     assert ds["kpca_mi_end"].dims == ("kpca_eig",)
 
 
+def test_ntk_kpca_mutual_information_in_the_papers_settings():
+    """neighbors = 5 and mi_unit = "bit" (Fig. 11): the estimator's nats at k = 5, divided by ln 2, marked bit."""
+    from dlphase.plugins.kernel_pca import kernel_pca
+
+    spec = _ntk_spec("observables.names=['errors','ntk','ntk_kpca']", "observables.ntk_kpca.neighbors=5",
+                     'observables.ntk_kpca.mi_unit="bit"', "grid.alpha_tilde=[0.1]")
+    run = Run(spec, **spec.grid.points()[0])
+    ds = run.train()
+    for key in ("init", "end"):
+        ref = kernel_pca(ds[f"ntk_gram_{key}"].values, run.data.y_kernel, (1,), 10, neighbors=5)
+        np.testing.assert_allclose(ds[f"kpca_mi_{key}"].values, ref["mutual_information"] / np.log(2), rtol=1e-10)
+        assert ds[f"kpca_mi_{key}"].attrs["units"] == "bit"
+    assert np.nanmax(ds["kpca_mi_end"].values) > 0
+
+
 def test_ntk_along_the_trajectory_equals_runs_stopped_there():
     """Theta at checkpoint k is the NTK of the net at the first step with t >= t_k: the same point trained with
     max_time = t_k ends there, and its ntk_change must be the trajectory's value at k."""
