@@ -1,9 +1,9 @@
 """The engine of ``gd`` and ``sgd``: M members of one architecture and width stepped as one batched computation.
 
 Each step: theta <- theta - lr v, v <- momentum v + grad (L_batch / alpha^2) + weight_decay (theta - theta_ref),
-with theta_ref = 0 or theta_0, per member, with its own alpha. Members share the minibatch order (the dynamics' own seed), so each
-member follows the trajectory it follows alone. The stop rules are checked on the whole training set
-every step for GD and once an epoch for SGD; a member that stops leaves the batch.
+with theta_ref = 0 or theta_0, per member, with its own alpha. Members share the minibatch order (the dynamics'
+own seed), so each member follows the trajectory it follows alone. The stop rules are checked on the whole
+training set every step for GD and once an epoch for SGD; a member that stops leaves the batch.
 """
 
 from __future__ import annotations
