@@ -34,11 +34,22 @@ def groups(da: xr.DataArray, x: str):
         yield sel, label, da.sel(sel)
 
 
+def _major_labels_only(plot, element):
+    """matplotlib labels every minor tick of a log axis that spans less than a decade or two, on top of each
+    other; keep the labels of the decades."""
+    from matplotlib.ticker import NullFormatter
+
+    ax = plot.handles["axis"]
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def finish(overlay, backend: str, title: str, xlabel: str, ylabel: str, logx: bool = True, logy: bool = False):
     common = dict(title=title, xlabel=xlabel, ylabel=ylabel, logx=logx, logy=logy)
     if backend == "bokeh":
         return overlay.opts(width=720, height=420, legend_position="right", tools=["hover"], **common)
-    return overlay.opts(fig_inches=(11, 4.5), aspect=1.6, legend_position="right", **common)
+    return overlay.opts(fig_inches=(11, 4.5), aspect=1.6, legend_position="right", hooks=[_major_labels_only],
+                        **common)
 
 
 def stack(panels, backend: str):

@@ -1,6 +1,7 @@
 """The stripe model's claims as numbers: the compression Lambda = W_par / W_perp grows like P^(1/2) in the
 feature regime and stays O(1) in the lazy one; the learning-curve exponents beta of both regimes beside
-beta_lazy = d / (3d - 2) and beta_feature = (d + d_perp / 2) / (3d - 2); and the NTK on compressed inputs
+beta_lazy = d / (3d - 2) and beta_feature = (d + d_perp / 2) / (3d - 2) (for one informative direction also
+(2d - 1) / (3d - 2), the sharper prediction of the stripe model's own analysis); and the NTK on compressed inputs
 against the feature-regime net."""
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ def predicted_betas(d: int, d_par: int) -> tuple[float, float]:
     """(beta_lazy, beta_feature) of the stripe model in d dimensions with d_par informative ones."""
     d_perp = d - d_par
     return d / (3 * d - 2), (d + d_perp / 2) / (3 * d - 2)
+
+
+def predicted_beta_interface(d: int, d_par: int) -> float:
+    """beta_feature = (2d - 1) / (3d - 2) of a flat interface (d_par = 1), where compression also sharpens the
+    boundary the kernel has to resolve; NaN for d_par > 1, where (d + d_perp / 2) / (3d - 2) is the prediction."""
+    return (2 * d - 1) / (3 * d - 2) if d_par == 1 else math.nan
 
 
 def _dataset_d(cube: xr.Dataset) -> int | None:
@@ -109,17 +116,40 @@ class Stripe(Analysis):
         out["lambda_high"] = fits["high"].assign_attrs(
             long_name=f"high end of the {pct} interval of the Lambda exponent")
         out["lambda_prefactor"] = fits["prefactor"].assign_attrs(long_name="A of <Lambda> = A P^exponent")
+        if "lambda_traj" in cube:
+            out = out.merge(self.peak_compression(by_regime(cube["lambda_traj"]).where(ok), n))
         out["alpha_tilde_of_regime"] = ("regime", list(regimes.values()), {"long_name": "alpha_tilde of each regime"})
         beta_lazy, beta_feature = predicted_betas(d, self.d_par)
         out["beta_predicted"] = ("regime", [beta_feature if r == "feature" else beta_lazy for r in regimes],
                                  {"long_name": "beta_lazy = d / (3d - 2), beta_feature = (d + d_perp / 2) / (3d - 2)"})
+        out["beta_interface"] = ((), predicted_beta_interface(d, self.d_par),
+                                 {"long_name": "beta_feature = (2d - 1) / (3d - 2) for one informative direction"})
         if self.compressed:
-            out = out.merge(self.compressed_curve(cube))
+            compressed = self.compressed_curve(cube)
+            out = out.merge(compressed)
+            out.attrs["compressed_lambda"] = compressed.attrs["compressed_lambda"]
         if "first_layer_w_end" in cube:
             out = out.merge(stored_weights(cube, h=cube["h"].values[0], alpha_tilde=regimes["feature"],
                                            P=cube["P"].values[-1], seed=cube["seed"].values[0]))
         out.attrs.update({"analysis": self.name, "d": d, "d_par": self.d_par, "level": self.level})
         return out
+
+    def peak_compression(self, traj: xr.DataArray, n: xr.DataArray) -> xr.Dataset:
+        """The largest Lambda along each run's trajectory, its mean over seeds and its exponent in P. With the
+        hinge losses, the last margins are often fitted by a few neurons that grow across x_perp; Lambda at the
+        end then falls from its peak, and the peak is the compression the bulk of the neurons reached."""
+        peak = traj.max("time", skipna=True)
+        mean = peak.mean("seed").transpose("h", "regime", "P")
+        fits, _ = power_law_fits(mean["P"].astype(float), mean, "P", self.level)
+        pct = f"{self.level:.0%}"
+        return xr.Dataset({
+            "lambda_peak_mean": mean.assign_attrs(long_name="<max over time of Lambda>, mean over seeds"),
+            "lambda_peak_sem": (peak.std("seed", ddof=1) / n).transpose("h", "regime", "P").assign_attrs(
+                long_name="standard error of <max over time of Lambda>"),
+            "lambda_peak_exponent": fits["exponent"].assign_attrs(long_name="exponent of <max_t Lambda> ~ P^exponent"),
+            "lambda_peak_low": fits["low"].assign_attrs(long_name=f"low end of the {pct} interval of that exponent"),
+            "lambda_peak_high": fits["high"].assign_attrs(long_name=f"high end of the {pct} interval of that exponent"),
+        })
 
     def compressed_curve(self, cube: xr.Dataset) -> xr.Dataset:
         """<eps> over P of the compressed-kernel cube (over its seeds, at each of its other points: one curve)."""
@@ -136,18 +166,24 @@ class Stripe(Analysis):
                                f"learning curve (one h and one alpha_tilde)")
         eps = eps.squeeze(rest, drop=True)
         fit = power_law_fit(eps["P"].values.astype(float), eps.values, self.level)
+        try:
+            by = str(tomllib.loads(other.attrs.get("spec_toml", ""))["dynamics"]["compression"])
+        except (tomllib.TOMLDecodeError, KeyError, TypeError):
+            by = ""
         return xr.Dataset({
             "compressed_test_error": eps.rename(P="P_compressed").assign_attrs(
                 long_name="<eps> of the kernel on compressed inputs, mean over seeds"),
             "compressed_beta": ((), -fit["exponent"], {"long_name": "beta of the compressed kernel's learning curve"}),
             "compressed_beta_low": ((), -fit["high"], {"long_name": "low end of its interval"}),
             "compressed_beta_high": ((), -fit["low"], {"long_name": "high end of its interval"}),
-        })
+        }, attrs={"compressed_lambda": by})
 
     def summary(self, result: xr.Dataset) -> list[str]:
         lines = [f"stripe model, d = {result.attrs['d']}, d_par = {result.attrs['d_par']}: predicted beta_lazy = "
                  f"{float(result['beta_predicted'].sel(regime='lazy')):.3f}, beta_feature = "
-                 f"{float(result['beta_predicted'].sel(regime='feature')):.3f}"]
+                 f"{float(result['beta_predicted'].sel(regime='feature')):.3f}"
+                 + (f" ((2d - 1) / (3d - 2) = {float(result['beta_interface']):.3f} for one informative direction)"
+                    if "beta_interface" in result and np.isfinite(float(result["beta_interface"])) else "")]
         for h in result["h"].values:
             for regime in result["regime"].values:
                 r = result.sel(h=h, regime=regime)
@@ -157,15 +193,22 @@ class Stripe(Analysis):
                              f"{float(r['beta_predicted']):.3f}); Lambda ~ P^{float(r['lambda_exponent']):.3f} "
                              f"[{float(r['lambda_low']):.3f}, {float(r['lambda_high']):.3f}], Lambda from "
                              f"{float(r['lambda_mean'][0]):.3g} to {float(r['lambda_mean'][-1]):.3g}")
+                if "lambda_peak_exponent" in r:
+                    lines.append(f"    peak over the trajectory: max_t Lambda ~ "
+                                 f"P^{float(r['lambda_peak_exponent']):.3f} "
+                                 f"[{float(r['lambda_peak_low']):.3f}, {float(r['lambda_peak_high']):.3f}], from "
+                                 f"{float(r['lambda_peak_mean'][0]):.3g} to {float(r['lambda_peak_mean'][-1]):.3g}")
         if "compressed_beta" in result:
-            lines.append(f"kernel on compressed inputs: beta = {float(result['compressed_beta']):.3f} "
+            by = result.attrs.get("compressed_lambda", "")
+            lines.append(f"kernel on inputs compressed{f' by Lambda = {by}' if by else ''}: beta = "
+                         f"{float(result['compressed_beta']):.3f} "
                          f"[{float(result['compressed_beta_low']):.3f}, {float(result['compressed_beta_high']):.3f}]")
         return lines
 
     def plot(self, result: xr.Dataset, backend: str = "bokeh"):
         import holoviews as hv
 
-        from .curves import PALETTE, finish, style
+        from .curves import PALETTE, finish, stack, style
 
         marker = {"size": 8} if backend == "bokeh" else {"s": 40}
         eps_items, lam_items = [], []
@@ -184,13 +227,20 @@ class Stripe(Analysis):
                                             label=f"{label}: P^{float(r['lambda_exponent']):.2f}").opts(
                     color=color, **marker))
                 lam_items.append(hv.Curve((P, r["lambda_mean"].values), "P", "Lambda").opts(**style(backend, color)))
+                if "lambda_peak_mean" in r:
+                    peak_label = f"{label}, peak over time: P^{float(r['lambda_peak_exponent']):.2f}"
+                    lam_items.append(hv.Curve((P, r["lambda_peak_mean"].values), "P", "Lambda", label=peak_label)
+                                     .opts(**style(backend, color, "dashed")))
         if "compressed_test_error" in result:
             c = result["compressed_test_error"]
+            by = result.attrs.get("compressed_lambda", "")
             eps_items.append(hv.Curve((c["P_compressed"].values, c.values), "P", "test error",
-                                      label=f"NTK on compressed inputs: beta = {float(result['compressed_beta']):.2f}")
+                                      label=f"NTK on inputs compressed{f' by Lambda = {by}' if by else ''}: beta = "
+                                            f"{float(result['compressed_beta']):.2f}")
                              .opts(**style(backend, "black", "dashed")))
         P = result["P"].values.astype(float)
-        feature = result["lambda_mean"].sel(regime="feature").isel(h=0).values
+        feature = result["lambda_peak_mean" if "lambda_peak_mean" in result else "lambda_mean"].sel(
+            regime="feature").isel(h=0).values
         if np.isfinite(feature[0]) and feature[0] > 0:
             guide = feature[0] * np.sqrt(P / P[0])
             lam_items.append(hv.Curve((P, guide), "P", "Lambda", label="P^(1/2)").opts(**style(backend, "gray",
@@ -199,10 +249,10 @@ class Stripe(Analysis):
                           logx=True, logy=True)
         lam_plot = finish(hv.Overlay(lam_items), backend, "compression Lambda = W_par / W_perp", "P", "Lambda",
                           logx=True, logy=True)
-        panels = eps_plot + lam_plot
+        panels = [eps_plot, lam_plot]
         if "scatter_w" in result:
-            panels = panels + weight_scatter(result, backend)
-        return panels.cols(2)
+            panels.append(weight_scatter(result, backend))
+        return stack(panels, backend)
 
 
 def stored_weights(cube: xr.Dataset, **point) -> xr.Dataset:

@@ -201,9 +201,12 @@ def test_bad_compressions_are_one_line(tmp_path, setting, message):
     assert not (tmp_path / "c.nc").exists()
 
 
-def stripe_cube(Ps=(128, 256, 512, 1024, 2048, 4096), d=5, seeds=8, noise=0.03, seed=0, weights=False):
+def stripe_cube(Ps=(128, 256, 512, 1024, 2048, 4096), d=5, seeds=8, noise=0.03, seed=0, weights=False,
+                trajectory=False):
     """Planted laws: eps = 0.8 P^-beta_feature (feature, alpha_tilde = 0.01) and 0.8 P^-beta_lazy (lazy, 1000), and
-    Lambda = 0.5 P^(1/2) (feature) and 1 (lazy), times (1 + noise) per seed."""
+    Lambda = 0.5 P^(1/2) (feature) and 1 (lazy), times (1 + noise) per seed. With ``trajectory``, Lambda along
+    the trajectory rises from 1 to a peak of 4 P^(1/3) (feature; 2 lazy) and falls to its end value, and runs
+    end at different checkpoints (NaN after)."""
     rng = np.random.default_rng(seed)
     P = np.asarray(Ps, dtype=float)
     shape = (1, 2, len(P), seeds)
@@ -221,6 +224,13 @@ def stripe_cube(Ps=(128, 256, 512, 1024, 2048, 4096), d=5, seeds=8, noise=0.03, 
         cube["first_layer_w_end"] = (grid + ("neuron", "input"), w * np.array([4.0] + [0.5] * (d - 1)))
         cube["first_layer_v_init"] = (grid + ("neuron",), np.abs(rng.standard_normal(shape + (100,))))
         cube["first_layer_v_end"] = cube["first_layer_v_init"] * 2
+    if trajectory:
+        peak = np.stack([4 * P ** (1 / 3), np.full_like(P, 2.0)])[None, :, :, None] * np.ones(shape)
+        traj = 1 + (peak[..., None] - 1) * np.array([0.0, 0.5, 1.0, 0.5, 0.0])
+        traj[..., -1] = cube["lambda_end"].values
+        traj[0, 0, 0, :, -1] = np.nan  # the smallest P ends one checkpoint early
+        cube["lambda_traj"] = (grid + ("time",), traj)
+        cube = cube.assign_coords(time=[0.1, 1.0, 10.0, 100.0, 1000.0])
     return cube
 
 
@@ -239,12 +249,21 @@ def test_the_stripe_analysis_finds_planted_laws(tmp_path):
         assert float(r["lambda_exponent"].sel(regime=regime)) == pytest.approx(lam, abs=0.02)
         assert float(r["beta_predicted"].sel(regime=regime)) == pytest.approx(beta)
     lines = analysis.summary(result)
-    assert lines[0] == "stripe model, d = 5, d_par = 1: predicted beta_lazy = 0.385, beta_feature = 0.538"
+    assert lines[0] == ("stripe model, d = 5, d_par = 1: predicted beta_lazy = 0.385, beta_feature = 0.538 "
+                        "((2d - 1) / (3d - 2) = 0.692 for one informative direction)")
+    assert "lambda_peak_exponent" not in result
     # a compressed-kernel cube beside it: its own curve and beta
     kernel = stripe_cube(seed=3).isel(alpha_tilde=[0])
     kernel.to_netcdf(tmp_path / "kernel.nc")
     _, with_kernel = analyze(cube, "stripe", compressed=str(tmp_path / "kernel.nc"))
     assert float(with_kernel["compressed_beta"]) == pytest.approx(feature, abs=0.02)
+    # the peak of Lambda along the trajectory, a planted P^(1/3), and none in the lazy regime
+    _, result = analyze(stripe_cube(trajectory=True), "stripe")
+    r = result.isel(h=0)
+    assert float(r["lambda_peak_exponent"].sel(regime="feature")) == pytest.approx(1 / 3, abs=1e-9)
+    assert float(r["lambda_peak_exponent"].sel(regime="lazy")) == pytest.approx(0.0, abs=1e-9)
+    np.testing.assert_allclose(r["lambda_peak_mean"].sel(regime="feature"), 4 * np.asarray(r["P"]) ** (1 / 3))
+    assert float(r["lambda_exponent"].sel(regime="feature")) == pytest.approx(0.5, abs=0.02)
     with pytest.raises(DlphaseError, match="is not an alpha_tilde of the cube; it has 0.01, 1000"):
         analyze(cube, "stripe", feature=0.1)
     with pytest.raises(DlphaseError, match="give --d"):
@@ -253,11 +272,12 @@ def test_the_stripe_analysis_finds_planted_laws(tmp_path):
 
 def test_the_stripe_command_json_plot_and_report(tmp_path):
     path = tmp_path / "cube.nc"
-    stripe_cube(weights=True).to_netcdf(path)
+    stripe_cube(weights=True, trajectory=True).to_netcdf(path)
     res = run_cli("analyze", "stripe", path, "--json")
     assert res.returncode == 0, res.stderr
     payload = json.loads(res.stdout)
     assert payload["summary"][1].startswith("h = 100, feature (alpha_tilde = 0.01): beta = 0.5")
+    assert payload["summary"][2].startswith("    peak over the trajectory: max_t Lambda ~ P^0.333")
     res = run_cli_here("plot", "stripe", path, "-o", tmp_path / "p.png")
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "p.png").stat().st_size > 10000
@@ -279,3 +299,25 @@ def test_the_kernel_set_observables_work_on_the_stripe_model(tmp_path):
     cube = dlphase.sweep(spec, tmp_path / "c.nc", progress=False).isel(h=0, alpha_tilde=0, P=0, seed=0)
     assert cube["status"].item() != "failed" and float(cube["ntk_change"]) > 0
     assert 0 < float(cube["kpca_fraction_end"].sel(kpca_k=20)) <= 1 + 1e-9
+
+
+@pytest.mark.slow
+def test_compression_grows_with_P_in_the_feature_regime_only(tmp_path):
+    """examples/stripe.toml at three P and one seed (about 2 minutes): in the feature regime the first layer
+    compresses x_perp (Lambda at the end well above its initial value) and its peak compression along the
+    trajectory grows with P; in the lazy regime Lambda stays at its initial value."""
+    from pathlib import Path
+
+    spec = load_spec(Path(__file__).parent.parent / "examples" / "stripe.toml",
+                     ["grid.P=[128,512,2048]", "grid.seed=[0]", "dataset.n_test=2000"])
+    cube = dlphase.sweep(spec, tmp_path / "stripe.nc", workers=1)
+    assert (cube["status"] == "converged").all(), cube["message"].values
+    feature, lazy = cube.sel(alpha_tilde=1e-3, seed=0).squeeze("h"), cube.sel(alpha_tilde=1e4, seed=0).squeeze("h")
+    peak = feature["lambda_traj"].max("time").values
+    assert np.all(np.diff(peak) > 0) and peak[-1] > 3 * peak[0], peak
+    assert np.all(feature["lambda_end"] > 5 * feature["lambda_init"])
+    np.testing.assert_allclose(lazy["lambda_end"], lazy["lambda_init"], rtol=0.1)
+    assert float(lazy["lambda_traj"].max()) < 1.1 * float(lazy["lambda_init"].max())
+    result = dlphase.analyses.stripe.Stripe().compute(cube)
+    assert float(result["lambda_peak_exponent"].sel(regime="feature")) > 0.25
+    assert abs(float(result["lambda_exponent"].sel(regime="lazy"))) < 0.05
