@@ -61,6 +61,13 @@ def phase_diagram(cube: xr.Dataset, P: int | None = None, line: xr.Dataset | Non
     return out
 
 
+def plane_reason(cube: xr.Dataset) -> str | None:
+    """Why the cube spans no (h, alpha_tilde) plane, or None."""
+    if cube.sizes.get("h", 1) < 2 or cube.sizes.get("alpha_tilde", 1) < 2:
+        return "the cube needs at least 2 widths and 2 values of alpha_tilde"
+    return None
+
+
 def crossover(pdg: xr.Dataset, level: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """The line where the NTK change ratio equals ``level``: for each h, the alpha_tilde at which the
     geometric-mean ratio crosses it (linear in log alpha_tilde and log ratio, first crossing from the
@@ -189,10 +196,7 @@ class PhaseDiagram(Analysis):
     jamming: str | None = param(default=None, doc="a LINE.nc of dlphase jamming whose line to draw")
 
     def applies(self, cube: xr.Dataset) -> str | None:
-        reason = super().applies(cube)
-        if reason is None and (cube.sizes.get("h", 1) < 2 or cube.sizes.get("alpha_tilde", 1) < 2):
-            return "the cube needs at least 2 widths and 2 values of alpha_tilde"
-        return reason
+        return super().applies(cube) or plane_reason(cube)
 
     def compute(self, cube: xr.Dataset) -> xr.Dataset:
         from dlphase.jamming import open_line

@@ -24,7 +24,7 @@ def get_analysis(name: str, manager=None, **options):
     are errors that name them)."""
     from dlphase.specs import build_component
 
-    options = {k: v for k, v in options.items() if v is not None}
+    options = {k: v for k, v in options.items() if v is not None and v != ()}  # () : a repeatable option not given
     return build_component("analysis", {"name": canonical(name), **options}, "analysis", manager)
 
 

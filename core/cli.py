@@ -269,6 +269,10 @@ def _analysis_options(cls) -> list[click.Option]:
         if tp is bool:
             options.append(click.Option([f"{flag}/--no-{f.name.replace('_', '-')}", f.name], default=None,
                                         help=helptext))
+        elif typing.get_origin(tp) is tuple:
+            element = {int: click.INT, float: click.FLOAT}.get(typing.get_args(tp)[0], click.STRING)
+            options.append(click.Option([flag, f.name], type=element, multiple=True, default=None,
+                                        help=f"{helptext}; repeat the option for several values"))
         elif typing.get_origin(tp) is typing.Literal:
             options.append(click.Option([flag, f.name], type=click.Choice(typing.get_args(tp)), default=None,
                                         help=helptext))

@@ -87,5 +87,6 @@ def test_plot_errors(tmp_path):
 
 
 def test_missing_subcommand():
-    assert_clean_error(run_cli("plot"), "`dlphase plot` needs a command: double-descent, ensemble, fluctuation-scaling, "
-                                        "hessian-spectrum, learning-curve, phase-diagram")
+    assert_clean_error(run_cli("plot"), "`dlphase plot` needs a command: crossover, double-descent, ensemble, "
+                                        "fluctuation-scaling, hessian-spectrum, learning-curve, ntk-fluctuations, "
+                                        "phase-diagram, stripe")
