@@ -109,7 +109,7 @@ class CIFAR10(ImageDataset):
     labels: Literal["parity", "alternate", "positive"] = param(
         default="alternate", doc="+-1 labels: alternate (sorted classes alternate, as in the paper), parity, "
                                  "or positive (the classes in `positive` are +1)")
-    pca: int = param(default=30, doc="principal components fitted on the training split (0: raw (3, 32, 32) "
+    pca: int = param(default=30, doc="principal components, fitted as fit_on says (0: raw (3, 32, 32) "
                                      "images)", validator=non_negative)
 
     def cache_token(self) -> str:

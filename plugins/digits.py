@@ -29,7 +29,7 @@ class Digits(ImageDataset):
     """The 1797 8x8 digits bundled with scikit-learn (parity labels by default)."""
 
     name: ClassVar[str] = "digits"
-    pca: int = param(default=10, doc="principal components fitted on the training split (0: raw (1, 8, 8) "
+    pca: int = param(default=10, doc="principal components, fitted as fit_on says (0: raw (1, 8, 8) "
                                      "images)", validator=non_negative)
     n_test: int = param(default=400, doc="test points (class-balanced, independent of P)",
                         validator=positive)

@@ -19,6 +19,10 @@ from dlphase.specs import positive as greater_than_zero
 
 from . import preprocessing, splits
 
+#: at most this many points of the training pool fit the preprocessing maps (fit_on = "pool"): the maps are then
+#: the same for every P, and fitting them on all of MNIST's 60000 images would cost seconds and GBs per load
+FIT_POOL = 20000
+
 
 @attrs.frozen(kw_only=True)
 class Pools:
@@ -42,10 +46,10 @@ def _check_positive(instance, attribute, value):
 class ImageDataset(Dataset):
     """Parameters and loading shared by the image datasets (subclasses implement ``pools``)."""
 
-    pca: int = param(default=10, doc="principal components fitted on the training split (0: raw pixels, "
-                                     "images keep their (C, H, W) shape)", validator=non_negative)
+    pca: int = param(default=10, doc="principal components, fitted as fit_on says (0: raw pixels, images keep "
+                                     "their (C, H, W) shape)", validator=non_negative)
     whiten: bool = param(default=False, doc="scale each principal component to unit variance (needs pca > 0)")
-    center: bool = param(default=True, doc="subtract the training mean")
+    center: bool = param(default=True, doc="subtract the mean (of the points fit_on says)")
     normalize: bool = param(default=True, doc="rescale each sample to norm sqrt(dim)")
     labels: Literal["parity", "alternate", "positive"] = param(
         default="parity", doc="+-1 labels: parity (even +1), alternate (sorted classes alternate), "
@@ -57,6 +61,10 @@ class ImageDataset(Dataset):
                           validator=non_negative)
     seed: int = param(default=0, doc="data seed: which points go to the test, kernel and training sets",
                       validator=non_negative)
+    fit_on: Literal["pool", "train"] = param(
+        default="pool", doc="what centring, normalisation and PCA are fitted on: pool (the points that can be "
+                            f"training points for this data seed, up to {FIT_POOL}, the same for every P) or train "
+                            "(the P training points, as the reference code does)")
 
     def __attrs_post_init__(self):
         if self.whiten and not self.pca:
@@ -94,12 +102,18 @@ class ImageDataset(Dataset):
         x_test_pool = pools.x if pools.x_test is None else pools.x_test
         c_test_pool = pools.classes if pools.classes_test is None else pools.classes_test
         y_test_all = y if y_test_pool is None else y_test_pool
-        if self.pca and P < 2:
+        if self.pca and P < 2 and self.fit_on == "train":
             raise DataError(f"PCA needs at least 2 training points, got P = {P}")
+        fit, fitted_on = None, "the training split"
+        if self.fit_on == "pool":
+            n_pool = min(splits.max_balanced(y, self.n_test, self.n_kernel, separate_test=y_test_pool is not None),
+                         FIT_POOL)
+            pool = splits.balanced_split(y, self.n_test, n_pool, self.seed, self.n_kernel, y_test_pool)[2]
+            fit, fitted_on = pools.x[pool], f"a pool of {n_pool} points that holds every training set"
         try:
             xtr, xte, xk, xv = preprocessing.pipeline(pools.x[train], x_test_pool[test], pools.x[kernel], pools.x[val],
                                                   center_=self.center, normalize_=self.normalize,
-                                                  pca_=self.pca, whiten=self.whiten)
+                                                  pca_=self.pca, whiten=self.whiten, fit=fit)
         except ValueError as exc:
             raise DataError(f"{self.name}: {exc}") from None
         return Data(x_train=xtr, y_train=y[train], x_test=xte, y_test=y_test_all[test],
@@ -108,7 +122,8 @@ class ImageDataset(Dataset):
                     classes_train=pools.classes[train], classes_test=c_test_pool[test],
                     classes_kernel=pools.classes[kernel],
                     attrs={"source": pools.source, "labels": self._label_text(),
-                           "preprocessing": preprocessing.describe(self.center, self.normalize, self.pca, self.whiten)})
+                           "preprocessing": preprocessing.describe(self.center, self.normalize, self.pca, self.whiten,
+                                                                   fitted_on)})
 
     def _label_text(self) -> str:
         if self.labels == "positive":

@@ -1,7 +1,8 @@
-"""The preprocessing pipeline of the paper's image data, every map fitted on the training split only.
+"""The preprocessing pipeline of the paper's image data, every map fitted on one set of points (the training
+pool or the training split) and applied to every split.
 
-Steps, in order, each optional: centre on the training mean; rescale each sample to norm sqrt(dim);
-PCA on the top d components of the training covariance, scaled by 1 / sqrt(mean of those d eigenvalues),
+Steps, in order, each optional: centre on the fitted mean; rescale each sample to norm sqrt(dim);
+PCA on the top d components of the fitted covariance, scaled by 1 / sqrt(mean of those d eigenvalues),
 or by 1 / sqrt(each eigenvalue) with whitening. Without PCA the images keep their shape (C, H, W).
 """
 
@@ -11,7 +12,7 @@ import numpy as np
 
 
 def center(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    """Subtract the training mean from every split."""
+    """Subtract the mean of the first array (the one the maps are fitted on) from every array."""
     mu = train.mean(axis=0)
     return [a - mu for a in (train, *others)]
 
@@ -50,11 +51,19 @@ def pca(train: np.ndarray, *others: np.ndarray, d: int, whiten: bool = False) ->
 
 
 def pipeline(train: np.ndarray, *others: np.ndarray, center_: bool = True, normalize_: bool = True,
-             pca_: int = 0, whiten: bool = False) -> list[np.ndarray]:
-    """Apply the enabled steps in order, fitted on ``train``; returns [train, *others] (empty ones stay empty)."""
+             pca_: int = 0, whiten: bool = False, fit: np.ndarray | None = None) -> list[np.ndarray]:
+    """Apply the enabled steps in order, fitted on ``fit`` (default: ``train``); returns [train, *others] (empty
+    ones stay empty). With ``fit`` given, each split's result depends on its own points and ``fit`` only."""
     given = [np.asarray(a, dtype=np.float64) for a in (train, *others)]
-    full = [i for i, a in enumerate(given) if len(a) or i == 0]
-    done = _steps([given[i] for i in full], center_, normalize_, pca_, whiten)
+    if fit is None:
+        full = [i for i, a in enumerate(given) if len(a) or i == 0]
+        done = _steps([given[i] for i in full], center_, normalize_, pca_, whiten)
+    else:
+        full = [i for i, a in enumerate(given) if len(a)]
+        done = _steps([np.asarray(fit, dtype=np.float64)] + [given[i] for i in full], center_, normalize_, pca_,
+                      whiten)[1:]
+        if not full:
+            return [np.empty((0,) + done[0].shape[1:]) if done else a for a in given]
     out = dict(zip(full, done))
     return [out.get(i, np.empty((0,) + done[0].shape[1:])) for i in range(len(given))]
 
@@ -71,9 +80,11 @@ def _steps(arrays, center_, normalize_, pca_, whiten):
     return arrays
 
 
-def describe(center_: bool, normalize_: bool, pca_: int, whiten: bool) -> str:
+def describe(center_: bool, normalize_: bool, pca_: int, whiten: bool, fitted_on: str = "the training split") -> str:
     """A one-line provenance string for the cube's attributes."""
-    steps = (["centre on the training mean"] if center_ else []) + (["norm sqrt(dim)"] if normalize_ else [])
+    steps = (["centre"] if center_ else []) + (["norm sqrt(dim)"] if normalize_ else [])
     if pca_:
-        steps.append(f"PCA {pca_} fitted on train" + (", whitened" if whiten else ", scaled by mean eigenvalue"))
-    return ", ".join(steps) or "raw pixels in [0, 1]"
+        steps.append(f"PCA {pca_}" + (", whitened" if whiten else ", scaled by mean eigenvalue"))
+    if not steps:
+        return "raw pixels in [0, 1]"
+    return ", ".join(steps) + (f"; fitted on {fitted_on}" if center_ or pca_ else "")

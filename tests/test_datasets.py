@@ -203,12 +203,40 @@ def test_splits_are_balanced_nested_and_disjoint(separate_test):
 
 
 def test_whitening_and_pca_zero_shapes():
-    d = MNIST(pca=6, whiten=True, n_test=100).load(300)
+    d = MNIST(pca=6, whiten=True, n_test=100, fit_on="train").load(300)
     cov = np.cov(d.x_train.T, bias=True)
     np.testing.assert_allclose(cov, np.eye(6), atol=1e-9)
     raw = MNIST(pca=0, n_test=100, n_kernel=50).load(60)
     assert raw.x_train.shape == (60, 1, 28, 28) and raw.x_kernel.shape == (50, 1, 28, 28)
     np.testing.assert_allclose(np.linalg.norm(raw.x_train.reshape(60, -1), axis=1), 28.0)
+
+
+def test_the_maps_are_fitted_on_one_pool_for_every_P(monkeypatch):
+    """fit_on = "pool": a training point's vector is the same for P = 100 and P = 1000, the maps are fitted on
+    the max_train points that can be training points (disjoint from the test and kernel sets); fit_on = "train"
+    refits them on each training set, and the vectors move."""
+    from dlphase.plugins import preprocessing
+
+    fitted = []
+    real = preprocessing.pipeline
+    monkeypatch.setattr(preprocessing, "pipeline", lambda *a, **k: fitted.append(k["fit"]) or real(*a, **k))
+    pool = Digits(n_kernel=50)
+    small, large = pool.load(100), pool.load(1000)
+    assert len(fitted[0]) == len(fitted[1]) == pool.max_train()
+    np.testing.assert_array_equal(fitted[0], fitted[1])
+
+    def matches(a, b):
+        """How many rows of a appear in b (to 1e-12)."""
+        return sum(bool(np.any(np.abs(b - row).max(axis=1) < 1e-12)) for row in a)
+
+    assert matches(small.x_train, large.x_train) == 100
+    np.testing.assert_array_equal(small.x_test, large.x_test)
+    train = Digits(n_kernel=50, fit_on="train")
+    assert matches(train.load(100).x_train, train.load(1000).x_train) == 0
+    # the pool is every point but the test and kernel sets, so no test point takes part in the fit
+    assert len(fitted[0]) + pool.n_test + pool.n_kernel <= 1797
+    assert "fitted on a pool of" in small.attrs["preprocessing"]
+    assert train.load(100).attrs["preprocessing"].endswith("fitted on the training split")
 
 
 def test_digits():

@@ -44,10 +44,14 @@ def test_test_set_does_not_depend_on_P_and_training_sets_nest():
     np.testing.assert_array_equal(ds.load(100).x_train, small.x_train)
 
 
-def test_preprocessing_fitted_on_train():
-    """Outputs = top-d principal coordinates of the normalised training set / sqrt(mean eigenvalue)."""
-    d, P = 10, 500
-    data = MNIST(pca=d, n_test=200).load(P)
+@pytest.mark.parametrize("fit_on", ["train", "pool"])
+def test_preprocessing_fitted_on_train(fit_on):
+    """Outputs = top-d principal coordinates of the normalised training set / sqrt(mean eigenvalue). With
+    fit_on = "pool" that holds for the training set that is the whole pool (P = max_train), and a smaller
+    training set's vectors are among its rows."""
+    d = 10
+    P = 500 if fit_on == "train" else MNIST(n_test=200).max_train()
+    data = MNIST(pca=d, n_test=200, fit_on=fit_on).load(P)
     raw_x, raw_c = bundled_digits()
     from dlphase.plugins.splits import balanced_split
 
@@ -64,6 +68,9 @@ def test_preprocessing_fitted_on_train():
     np.testing.assert_allclose(data.x_train.mean(0), 0, atol=1e-10)
     # the test set is mapped with the training fit: its mean is not exactly zero
     assert np.abs(data.x_test.mean(0)).max() > 1e-3
+    if fit_on == "pool":
+        small = MNIST(pca=d, n_test=200).load(300).x_train
+        assert all(np.abs(data.x_train - row).max(axis=1).min() < 1e-12 for row in small)
 
 
 def test_too_many_points_is_an_error():
