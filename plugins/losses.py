@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import dlphase
 from dlphase import Loss, param
-from dlphase.specs import positive
+from dlphase.specs import non_negative, positive
 
 
 @attrs.frozen(kw_only=True)
@@ -26,12 +26,18 @@ class Hinge(Loss):
 
 @attrs.frozen(kw_only=True)
 class QuadraticHinge(Loss):
-    """max(0, Delta)^2 / 2: the energy U of the jamming analysis, per constraint."""
+    """max(0, Delta + offset)^2 / 2: the energy U of the jamming analysis, per constraint, aimed a little past the
+    margin. With offset = 0, an accurate flow brings unsatisfied margins to 1 only asymptotically (the force
+    vanishes with Delta), so N_Delta never reaches 0 and SAT cannot be told from UNSAT in finite time. Aiming at
+    1 + offset, a satisfiable set of constraints is satisfied (every Delta <= 0, U = 0) after a time of order
+    log(1 / offset) over the smallest curvature, while an unsatisfiable one keeps N_Delta > 0 and U > 0."""
 
     name: ClassVar[str] = "quadratic_hinge"
+    offset: float = param(default=1e-3, doc="margins are pulled to 1 + offset, so that a satisfiable fit ends with "
+                                            "every y f >= 1 in finite time (0: the bare U)", validator=non_negative)
 
     def __call__(self, margin):
-        return 0.5 * torch.relu(1 - margin) ** 2
+        return 0.5 * torch.relu(1 + self.offset - margin) ** 2
 
 
 @attrs.frozen(kw_only=True)
