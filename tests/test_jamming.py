@@ -148,37 +148,13 @@ def test_phase_diagram_refuses_a_file_without_a_line(tmp_path):
     assert not (tmp_path / "p.html").exists()
 
 
-QH_SPEC = """
-[dataset]
-name = "random"
-d = 5
-n_test = 50
-
-[architecture]
-name = "fc"
-depth = 1
-
-[dynamics]
-name = "gradient_flow"
-loss = "quadratic_hinge"
-max_steps = 4000
-
-[grid]
-h = [32]
-alpha_tilde = [1.0]
-P = [40]
-seed = [0]
-"""
-
-
 @pytest.mark.parametrize("h, offset, satisfied", [(32, 1e-3, True), (32, 0.0, False), (2, 1e-3, False)])
 def test_the_quadratic_hinge_decides_sat_in_finite_time(tmp_path, h, offset, satisfied):
     """Far above jamming (N = 192 for P = 40) the offset quadratic hinge satisfies every margin within the
     budget; with offset 0 the margins only creep up to 1 and the run ends on the budget; far below jamming
     (N = 12) no offset helps: N_Delta stays > 0."""
-    path = tmp_path / "s.toml"
-    path.write_text(QH_SPEC)
-    spec = dlphase.load_spec(path, [f"dynamics.loss={{name = 'quadratic_hinge', offset = {offset}}}"])
+    spec = dlphase.load_spec(write(tmp_path / "s.toml", JAM_SPEC), [
+        f"dynamics.loss={{name = 'quadratic_hinge', offset = {offset}}}", "dynamics.max_steps=4000"])
     ds = dlphase.Run(spec, h=h, alpha_tilde=1.0, P=40, seed=0).train()
     assert (ds["status"].item() == "converged") == satisfied, ds["message"].item()
     assert (int(ds["n_delta"]) == 0) == satisfied
