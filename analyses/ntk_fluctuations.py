@@ -39,7 +39,8 @@ def relative_fluctuation(grams: np.ndarray) -> tuple[float, int]:
 class NTKFluctuations(Analysis):
     """|Theta - <Theta>|_F / |<Theta>|_F over seeds at each (h, alpha_tilde, P), for Theta_0 and Theta_end (the
     ``ntk`` observable with ``store_gram``), and its power law in N per alpha_tilde and pooled over alpha_tilde.
-    At the end, runs that ended with N_Delta > 0 (jammed or on their budget) are left out."""
+    Theta_0 does not depend on alpha_tilde, so its fluctuation is taken at the cube's first alpha_tilde only (NaN
+    at the others). At the end, runs that ended with N_Delta > 0 (jammed or on their budget) are left out."""
 
     name: ClassVar[str] = "ntk_fluctuations"
     requires: ClassVar = ("ntk_gram_init", "ntk_gram_end", "n_params")
@@ -62,12 +63,15 @@ class NTKFluctuations(Analysis):
         out = xr.Dataset()
         for moment, keep in (("init", ok), ("end", converged)):
             g = cube[f"ntk_gram_{moment}"].where(keep)
+            if moment == "init" and "alpha_tilde" in rest:
+                # Theta_0 of a seed is the same at every alpha_tilde: one curve, not copies of it in the fits
+                g = g.where(g["alpha_tilde"] == g["alpha_tilde"][0])
             g = g.transpose(*rest, self.over, "kernel_i", "kernel_j")
-            values = np.full([cube.sizes[d] for d in rest], np.nan)
+            values = np.full([g.sizes[d] for d in rest], np.nan)
             members = np.zeros(values.shape, dtype=int)
             for idx in np.ndindex(*values.shape):
                 values[idx], members[idx] = relative_fluctuation(g.values[idx])
-            coords = {d: cube[d] for d in rest}
+            coords = {d: g[d] for d in rest}
             out[f"fluctuation_{moment}"] = xr.DataArray(values, dims=rest, coords=coords, attrs={
                 "long_name": f"|{MOMENTS[moment]} - <{MOMENTS[moment]}>|_F / |<{MOMENTS[moment]}>|_F, mean over "
                              f"{self.over}"})
@@ -75,7 +79,7 @@ class NTKFluctuations(Analysis):
                 "long_name": f"members in the fluctuation of {MOMENTS[moment]}"})
         n = cube["n_params"]
         n = n.max(self.over) if self.over in n.dims else n
-        out["n_params"] = n.broadcast_like(out["fluctuation_init"]).assign_attrs(long_name="N, number of parameters")
+        out["n_params"] = n.broadcast_like(out["fluctuation_end"]).assign_attrs(long_name="N, number of parameters")
         for moment in MOMENTS:
             fits, curves = power_law_fits(out["n_params"], out[f"fluctuation_{moment}"], "h", self.level)
             for key, doc in (("exponent", "exponent b of the fluctuation ~ N^b (the claim: -1/4)"),
@@ -100,6 +104,8 @@ class NTKFluctuations(Analysis):
                          f"{int(result[f'{moment}_pooled_n'])} points in {int(result[f'{moment}_pooled_curves'])} "
                          f"curves (the claim: -1/4)")
             for sel, label, exp in groups(result[f"{moment}_exponent"], None):
+                if not np.isfinite(float(exp)):
+                    continue
                 lines.append(f"  {label}: {float(exp):.3f} [{float(result[f'{moment}_low'].sel(sel)):.3f}, "
                              f"{float(result[f'{moment}_high'].sel(sel)):.3f}] over "
                              f"{int(result[f'{moment}_n'].sel(sel))} widths")

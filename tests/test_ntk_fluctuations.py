@@ -21,8 +21,8 @@ def test_relative_fluctuation_by_hand():
 
 
 def ntk_cube(hs=(8, 16, 32, 64, 128), seeds=6, n=12, b_init=-0.25, b_end=-0.1, seed=0):
-    """Theta_s = Theta_bar + c N^b Z_s / |Z_s| (Z symmetric Gaussian), N = 10 h + h^2; the end Grams of the
-    largest alpha_tilde at h = 8 are off the law and jammed (N_Delta > 0)."""
+    """Theta_s = Theta_bar + c N^b Z_s / |Z_s| (Z symmetric Gaussian, the same at every alpha_tilde at init),
+    N = 10 h + h^2; the end Grams of the largest alpha_tilde at h = 8 are off the law and jammed (N_Delta > 0)."""
     rng = np.random.default_rng(seed)
     h = np.asarray(hs)
     N = 10.0 * h + h ** 2
@@ -31,7 +31,9 @@ def ntk_cube(hs=(8, 16, 32, 64, 128), seeds=6, n=12, b_init=-0.25, b_end=-0.1, s
     shape = (len(h), 2, 1, seeds)
     grams = {}
     for moment, b, c in (("init", b_init, 0.5), ("end", b_end, 0.2)):
-        z = rng.standard_normal(shape + (n, n))
+        # Theta_0 of a seed is the same at every alpha_tilde
+        z = rng.standard_normal(shape + (n, n)) if moment == "end" else np.broadcast_to(
+            rng.standard_normal((len(h), 1, 1, seeds, n, n)), shape + (n, n)).copy()
         z = z + np.swapaxes(z, -1, -2)
         z /= np.linalg.norm(z, axis=(-2, -1), keepdims=True)
         grams[moment] = bar + c * np.linalg.norm(bar) * N[:, None, None, None, None, None] ** b * z
@@ -50,12 +52,15 @@ def test_the_planted_laws_are_recovered_and_jammed_runs_left_out():
     for moment, b in (("init", -0.25), ("end", -0.1)):
         assert float(result[f"{moment}_pooled_low"]) <= b <= float(result[f"{moment}_pooled_high"])
         assert float(result[f"{moment}_pooled_exponent"]) == pytest.approx(b, abs=0.05)
-        for a in (0.01, 1000.0):
+        for a in (0.01, 1000.0) if moment == "end" else (0.01,):
             r = result.sel(alpha_tilde=a, P=200)
             assert float(r[f"{moment}_low"]) <= b <= float(r[f"{moment}_high"])
+    # Theta_0 is one curve, taken at the first alpha_tilde
+    assert int(result["init_pooled_curves"]) == 1 and int(result["end_pooled_curves"]) == 2
+    assert np.isnan(result["fluctuation_init"].sel(alpha_tilde=1000.0)).all()
     assert np.isnan(float(result["fluctuation_end"].sel(h=8, alpha_tilde=1000.0, P=200)))
     assert int(result["members_end"].sel(h=8, alpha_tilde=1000.0, P=200)) == 0
-    assert int(result["members_init"].sel(h=8, alpha_tilde=1000.0, P=200)) == 6
+    assert int(result["members_init"].sel(h=8, alpha_tilde=0.01, P=200)) == 6
     assert int(result["end_n"].sel(alpha_tilde=1000.0, P=200)) == 4
     lines = NTKFluctuations().summary(result)
     assert lines[0].startswith("Theta_0: |Theta - <Theta>| / |<Theta>| ~ N^-0.2") and "(the claim: -1/4)" in lines[0]
