@@ -26,7 +26,9 @@ class Budgeted(Dynamics):
     loss: Loss = param(default=attrs.Factory(SoftHinge), doc="the loss l(y f): a name or {name = ..., ...}")
     max_steps: int = param(default=1_000_000, doc="budget on steps (trial steps for gradient_flow)",
                            validator=positive)
-    max_seconds: float = param(default=math.inf, doc="wall-time budget per run, in seconds", validator=positive)
+    max_seconds: float = param(default=math.inf, doc="wall-time budget, in seconds, of a run or of a batched "
+                                                     "ensemble as a whole (its members stop together)",
+                               validator=positive)
 
     max_time: float = param(default=math.inf, doc="flow-time budget (the jamming line moves with it)",
                             validator=positive)
