@@ -45,7 +45,7 @@ def test_sections_default_from_registry():
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda r: r.update(extra={}), "unknown section [extra]; valid sections: dataset, architecture"),
-    (lambda r: r["dataset"].update(pcaa=3), "unknown key dataset.pcaa for dataset 'mnist'; valid keys: pca, whiten, center, normalize, labels, positive, n_test, n_kernel, seed, data_dir"),
+    (lambda r: r["dataset"].update(pcaa=3), "unknown key dataset.pcaa for dataset 'mnist'; valid keys: pca, whiten, center, normalize, labels, positive, n_test, n_kernel, seed, fit_on, data_dir"),
     (lambda r: r["dataset"].update(name="imagenet"), "dataset.name: unknown dataset 'imagenet'; installed: cifar10, digits, fashion_mnist, kmnist, mnist, random"),
     (lambda r: r["dynamics"].update(loss="hinge2"), "dynamics.loss.name: unknown loss 'hinge2'; installed: cross_entropy, hinge, mse"),
     (lambda r: r["dynamics"].update(loss={"name": "soft_hinge", "gamma": 1}), "unknown key dynamics.loss.gamma"),
