@@ -13,11 +13,10 @@ import xarray as xr
 
 import dlphase
 from dlphase import Analysis, param
-from dlphase.errors import DlphaseError
 from dlphase.specs import positive, probability
 
-from .ensemble import usable
-from .phase_diagram import plane_reason
+from .ensemble import jammed_anywhere, usable
+from .phase_diagram import plane_reason, select_P
 from .stats import power_law_fit
 
 
@@ -60,10 +59,8 @@ class Crossover(Analysis):
         return super().applies(cube) or plane_reason(cube)
 
     def compute(self, cube: xr.Dataset) -> xr.Dataset:
-        P = int(cube["P"].max()) if self.P is None else self.P
-        if P not in cube["P"].values:
-            raise DlphaseError(f"P = {P} is not in the cube; it holds P = {', '.join(map(str, cube['P'].values))}")
-        c = cube.sel(P=P).sortby("alpha_tilde")
+        c = select_P(cube, self.P).sortby("alpha_tilde")
+        P = int(c["P"])
         done = usable(c) & (c["n_delta"] == 0) & (c["ntk_change"] > 0)
         n_done = done.sum("seed").transpose("h", "alpha_tilde")
         log_r = np.log(c["ntk_change"].where(done)).transpose("h", "alpha_tilde", "seed").values
@@ -85,7 +82,7 @@ class Crossover(Analysis):
                 if len(logs) >= max(self.min_seeds, 2):
                     star[k, j], low[k, j], high[k, j] = self._mean_interval(logs)
         lazy = c.isel(alpha_tilde=-1)
-        h_j = float(c["h"].where(((lazy["n_delta"] > 0) & usable(lazy)).any("seed")).max())
+        h_j = float(c["h"].where(jammed_anywhere(lazy)).max())
         near = np.asarray([bool(np.isfinite(h_j) and h <= self.near_jamming * h_j) for h in hs])
         out = xr.Dataset(coords={"level": list(self.levels), "h": hs, "alpha_tilde": alphas})
         out["alpha_star"] = (("level", "h"), star, {"long_name": "alpha_tilde* where the NTK change ratio crosses "

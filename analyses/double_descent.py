@@ -12,7 +12,7 @@ import xarray as xr
 import dlphase
 from dlphase import Analysis, param
 
-from .ensemble import check_over, ensemble_members, usable
+from .ensemble import check_over, ensemble_members, too_few, usable
 from .fluctuations import jamming_point
 
 
@@ -27,10 +27,7 @@ class DoubleDescent(Analysis):
     over: str = param(default="seed", doc="the dim averaged over")
 
     def applies(self, cube: xr.Dataset) -> str | None:
-        reason = super().applies(cube)
-        if reason is None and cube.sizes.get("h", 1) < 3:
-            return "the cube has fewer than 3 widths h"
-        return reason
+        return super().applies(cube) or too_few(cube, "h", 3, "widths h")
 
     def compute(self, cube: xr.Dataset) -> xr.Dataset:
         check_over(cube, self.over, "test_error")

@@ -25,6 +25,18 @@ def usable(cube: xr.Dataset) -> xr.DataArray:
     return (cube["status"] != "failed") & (cube["status"] != "")
 
 
+def jammed_anywhere(cube: xr.Dataset, over: str = "seed") -> xr.DataArray:
+    """Whether any member (along ``over``) of a point ends with N_Delta > 0."""
+    return ((cube["n_delta"] > 0) & usable(cube)).any(over)
+
+
+def too_few(cube: xr.Dataset, dim: str, n: int, what: str | None = None) -> str | None:
+    """Why an analysis that fits along ``dim`` cannot run on the cube (fewer than ``n`` values of it), or None."""
+    if cube.sizes.get(dim, 1) < n:
+        return f"the cube has fewer than {n} {what or f'values of {dim}'}"
+    return None
+
+
 def check_over(cube: xr.Dataset, over: str, variable: str = "f_test") -> None:
     if over not in cube[variable].dims or over == "test":
         dims = [d for d in cube[variable].dims if d != "test"]

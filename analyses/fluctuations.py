@@ -14,16 +14,11 @@ import dlphase
 from dlphase import Analysis, param
 from dlphase.specs import probability
 
-from .ensemble import ensemble_members, usable
+from .ensemble import ensemble_members, jammed_anywhere
 from .stats import common_slope_fit, power_law_fits
 
 QUANTITIES = {"fluctuation": "RMS over the test set of f - <f>, mean over seeds",
               "gap": "<eps(f)> - eps(<f>)"}
-
-
-def jammed_anywhere(cube: xr.Dataset, over: str = "seed") -> xr.DataArray:
-    """Whether any member (along ``over``) of a point ends with N_Delta > 0."""
-    return ((cube["n_delta"] > 0) & usable(cube)).any(over)
 
 
 def jamming_point(cube: xr.Dataset, over: str = "seed") -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
@@ -76,8 +71,9 @@ class FluctuationScaling(Analysis):
             out[f"{q}_used"] = (used > 0).assign_attrs(long_name=f"points in the fit of {q} (> 0, not left out)")
             fits, curves = power_law_fits(out["n_params"], used, "h", self.level)
             for k, v in fits.items():
-                doc = {"exponent": f"fitted exponent b of {q} ~ N^b", "low": f"{q}: low end of the "
-                       f"{self.level:.0%} interval of b", "high": f"{q}: high end of the {self.level:.0%} interval of b",
+                doc = {"exponent": f"fitted exponent b of {q} ~ N^b",
+                       "low": f"{q}: low end of the {self.level:.0%} interval of b",
+                       "high": f"{q}: high end of the {self.level:.0%} interval of b",
                        "prefactor": f"{q}: fitted prefactor A of A N^b", "n": f"{q}: points in the fit"}[k]
                 out[f"{q}_{k}"] = v.assign_attrs(long_name=doc)
             pooled = common_slope_fit(curves, self.level)

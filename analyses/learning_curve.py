@@ -14,7 +14,7 @@ from dlphase import Analysis, param
 from dlphase.specs import probability
 from dlphase.errors import DlphaseError
 
-from .ensemble import ensemble_members, usable
+from .ensemble import ensemble_members, jammed_anywhere, too_few, usable
 from .stats import power_law_fits
 
 
@@ -33,10 +33,7 @@ class LearningCurve(Analysis):
     keep_jammed: bool = param(default=False, doc="fit points where a member ended with N_Delta > 0 too")
 
     def applies(self, cube: xr.Dataset) -> str | None:
-        reason = super().applies(cube)
-        if reason is None and cube.sizes.get(self.x, 1) < 3:
-            return f"the cube has fewer than 3 values of {self.x}"
-        return reason
+        return super().applies(cube) or too_few(cube, self.x, 3)
 
     def compute(self, cube: xr.Dataset) -> xr.Dataset:
         for dim in (self.x, self.over):
@@ -48,7 +45,7 @@ class LearningCurve(Analysis):
         eps = cube["test_error"].where(usable(cube))
         out = xr.Dataset({"test_error_mean": eps.mean(self.over).assign_attrs(long_name="<eps(f)>, mean over seeds"),
                           "test_error_std": eps.std(self.over, ddof=1).assign_attrs(long_name="spread over seeds")})
-        jammed = ((cube["n_delta"] > 0) & usable(cube)).any(self.over) if "n_delta" in cube else \
+        jammed = jammed_anywhere(cube, self.over) if "n_delta" in cube else \
             xr.zeros_like(out["test_error_mean"], dtype=bool)
         out["jammed"] = jammed.broadcast_like(out["test_error_mean"]).assign_attrs(
             long_name="a member ended with N_Delta > 0" + (" (kept in the fits)" if self.keep_jammed else

@@ -15,7 +15,7 @@ from dlphase import Analysis, param
 from dlphase.errors import DlphaseError
 from dlphase.specs import probability
 
-from .ensemble import usable
+from .ensemble import too_few, usable
 from .stats import common_slope_fit, power_law_fits
 
 MOMENTS = {"init": "Theta_0", "end": "Theta_end"}
@@ -48,10 +48,7 @@ class NTKFluctuations(Analysis):
     level: float = param(default=0.95, doc="level of the confidence intervals", validator=probability)
 
     def applies(self, cube: xr.Dataset) -> str | None:
-        reason = super().applies(cube)
-        if reason is None and cube.sizes.get("h", 1) < 3:
-            return "the cube has fewer than 3 widths"
-        return reason
+        return super().applies(cube) or too_few(cube, "h", 3, "widths")
 
     def compute(self, cube: xr.Dataset) -> xr.Dataset:
         if cube.sizes.get(self.over, 1) < 2:

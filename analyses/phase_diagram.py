@@ -17,7 +17,8 @@ from dlphase.errors import DlphaseError
 from .ensemble import ensemble_members, usable
 
 
-def _select_P(cube: xr.Dataset, P: int | None) -> xr.Dataset:
+def select_P(cube: xr.Dataset, P: int | None) -> xr.Dataset:
+    """The cube at ``P`` (default: its largest), or an error that lists the P it holds."""
     if P is None:
         P = int(cube["P"].max())
     if P not in cube["P"].values:
@@ -34,7 +35,7 @@ def phase_diagram(cube: xr.Dataset, P: int | None = None, line: xr.Dataset | Non
     missing = [v for v in ("test_error", "n_delta") if v not in cube]
     if missing:
         raise DlphaseError(f"the cube has no {', '.join(missing)}; sweep with observables.names including 'errors'")
-    c = _select_P(cube, P)
+    c = select_P(cube, P)
     ok = usable(c)
     err = c["test_error"].where(ok)
     out = xr.Dataset({
@@ -134,7 +135,8 @@ def draw_phase_diagram(pdg: xr.Dataset, backend: str = "bokeh"):
         z = pdg[field].transpose("alpha_tilde", "h").values
         mesh = hv.QuadMesh((xe, ye, z), kdims=["h", "alpha_tilde"], vdims=[hv.Dimension(field, label=title)])
         common = dict(logx=True, logy=True, colorbar=True, cmap="viridis", clim=(0, vmax),
-                      title=f"{title}, P = {pdg.attrs['P']}" + (" (x: jammed)" if jammed.any() else ""), xlabel="h", ylabel="alpha_tilde")
+                      title=f"{title}, P = {pdg.attrs['P']}" + (" (x: jammed)" if jammed.any() else ""),
+                      xlabel="h", ylabel="alpha_tilde")
         if backend == "bokeh":
             mesh = mesh.opts(width=480, height=400, tools=["hover"], **common)
             pts = points.opts(color="red", marker="x", size=12, line_width=2, show_legend=False)
@@ -148,7 +150,8 @@ def draw_phase_diagram(pdg: xr.Dataset, backend: str = "bokeh"):
                 lh, la = crossover(pdg, level)
                 if len(lh) > 1:
                     line = hv.Curve((lh, la), "h", "alpha_tilde", label=f"NTK change = {level:g}")
-                    style = {"line_dash": dash} if backend == "bokeh" else {"linestyle": "--" if dash == "dashed" else "-"}
+                    style = {"line_dash": dash} if backend == "bokeh" else \
+                        {"linestyle": "--" if dash == "dashed" else "-"}
                     overlay = overlay * line.opts(color="white", **style)
         if "jamming_h" in pdg:
             lh, la = pdg["jamming_h"].values, pdg["line_alpha_tilde"].values

@@ -19,7 +19,7 @@ from dlphase import Analysis, param
 from dlphase.errors import DlphaseError
 from dlphase.specs import positive, probability
 
-from .ensemble import usable
+from .ensemble import too_few, usable
 from .stats import power_law_fit, power_law_fits
 
 
@@ -35,11 +35,18 @@ def predicted_beta_interface(d: int, d_par: int) -> float:
     return (2 * d - 1) / (3 * d - 2) if d_par == 1 else math.nan
 
 
-def _dataset_d(cube: xr.Dataset) -> int | None:
+def _spec_value(cube: xr.Dataset, section: str, key: str):
+    """``[section] key`` of the spec the cube was made from, or None where the cube does not say it."""
     try:
-        return int(tomllib.loads(cube.attrs.get("spec_toml", ""))["dataset"]["d"])
-    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError):
+        return tomllib.loads(cube.attrs.get("spec_toml", ""))[section][key]
+    except (tomllib.TOMLDecodeError, KeyError, TypeError):
         return None
+
+
+def _compressed_label(result: xr.Dataset) -> str:
+    """'inputs compressed', with the Lambda of the compressed-kernel cube where its spec gave one."""
+    by = result.attrs.get("compressed_lambda", "")
+    return f"inputs compressed by Lambda = {by}" if by else "inputs compressed"
 
 
 @attrs.frozen(kw_only=True)
@@ -60,10 +67,7 @@ class Stripe(Analysis):
     level: float = param(default=0.95, doc="level of the confidence intervals", validator=probability)
 
     def applies(self, cube: xr.Dataset) -> str | None:
-        reason = super().applies(cube)
-        if reason is None and cube.sizes.get("P", 1) < 3:
-            return "the cube has fewer than 3 values of P"
-        return reason
+        return super().applies(cube) or too_few(cube, "P", 3)
 
     def regimes(self, cube: xr.Dataset) -> dict[str, float]:
         alphas = [float(a) for a in cube["alpha_tilde"].values]
@@ -79,7 +83,7 @@ class Stripe(Analysis):
         return {r: next(b for b in alphas if math.isclose(a, b, rel_tol=1e-9)) for r, a in chosen.items()}
 
     def compute(self, cube: xr.Dataset) -> xr.Dataset:
-        d = self.d or _dataset_d(cube)
+        d = self.d or _spec_value(cube, "dataset", "d")
         if d is None:
             raise DlphaseError("the cube does not say the input dimension d (its spec has no dataset.d); give --d")
         if not 0 < self.d_par < d:
@@ -166,17 +170,14 @@ class Stripe(Analysis):
                                f"learning curve (one h and one alpha_tilde)")
         eps = eps.squeeze(rest, drop=True)
         fit = power_law_fit(eps["P"].values.astype(float), eps.values, self.level)
-        try:
-            by = str(tomllib.loads(other.attrs.get("spec_toml", ""))["dynamics"]["compression"])
-        except (tomllib.TOMLDecodeError, KeyError, TypeError):
-            by = ""
+        by = _spec_value(other, "dynamics", "compression")
         return xr.Dataset({
             "compressed_test_error": eps.rename(P="P_compressed").assign_attrs(
                 long_name="<eps> of the kernel on compressed inputs, mean over seeds"),
             "compressed_beta": ((), -fit["exponent"], {"long_name": "beta of the compressed kernel's learning curve"}),
             "compressed_beta_low": ((), -fit["high"], {"long_name": "low end of its interval"}),
             "compressed_beta_high": ((), -fit["low"], {"long_name": "high end of its interval"}),
-        }, attrs={"compressed_lambda": by})
+        }, attrs={"compressed_lambda": "" if by is None else str(by)})
 
     def summary(self, result: xr.Dataset) -> list[str]:
         lines = [f"stripe model, d = {result.attrs['d']}, d_par = {result.attrs['d_par']}: predicted beta_lazy = "
@@ -199,8 +200,7 @@ class Stripe(Analysis):
                                  f"[{float(r['lambda_peak_low']):.3f}, {float(r['lambda_peak_high']):.3f}], from "
                                  f"{float(r['lambda_peak_mean'][0]):.3g} to {float(r['lambda_peak_mean'][-1]):.3g}")
         if "compressed_beta" in result:
-            by = result.attrs.get("compressed_lambda", "")
-            lines.append(f"kernel on inputs compressed{f' by Lambda = {by}' if by else ''}: beta = "
+            lines.append(f"kernel on {_compressed_label(result)}: beta = "
                          f"{float(result['compressed_beta']):.3f} "
                          f"[{float(result['compressed_beta_low']):.3f}, {float(result['compressed_beta_high']):.3f}]")
         return lines
@@ -233,9 +233,8 @@ class Stripe(Analysis):
                                      .opts(**style(backend, color, "dashed")))
         if "compressed_test_error" in result:
             c = result["compressed_test_error"]
-            by = result.attrs.get("compressed_lambda", "")
             eps_items.append(hv.Curve((c["P_compressed"].values, c.values), "P", "test error",
-                                      label=f"NTK on inputs compressed{f' by Lambda = {by}' if by else ''}: beta = "
+                                      label=f"NTK on {_compressed_label(result)}: beta = "
                                             f"{float(result['compressed_beta']):.2f}")
                              .opts(**style(backend, "black", "dashed")))
         P = result["P"].values.astype(float)
