@@ -85,7 +85,10 @@ class ImageDataset(Dataset):
         return pools, y, y_test
 
     def max_train(self) -> int:
-        pools, y, y_test = self._labelled()
+        _, y, y_test = self._labelled()
+        return self._max_train(y, y_test)
+
+    def _max_train(self, y: np.ndarray, y_test: np.ndarray | None) -> int:
         return splits.max_balanced(y, self.n_test, self.n_kernel, separate_test=y_test is not None)
 
     def load(self, P: int) -> Data:
@@ -106,8 +109,7 @@ class ImageDataset(Dataset):
             raise DataError(f"PCA needs at least 2 training points, got P = {P}")
         fit, fitted_on = None, "the training split"
         if self.fit_on == "pool":
-            n_pool = min(splits.max_balanced(y, self.n_test, self.n_kernel, separate_test=y_test_pool is not None),
-                         FIT_POOL)
+            n_pool = min(self._max_train(y, y_test_pool), FIT_POOL)
             pool = splits.balanced_split(y, self.n_test, n_pool, self.seed, self.n_kernel, y_test_pool)[2]
             fit, fitted_on = pools.x[pool], f"a pool of {n_pool} points that holds every training set"
         try:

@@ -55,15 +55,12 @@ def pipeline(train: np.ndarray, *others: np.ndarray, center_: bool = True, norma
     """Apply the enabled steps in order, fitted on ``fit`` (default: ``train``); returns [train, *others] (empty
     ones stay empty). With ``fit`` given, each split's result depends on its own points and ``fit`` only."""
     given = [np.asarray(a, dtype=np.float64) for a in (train, *others)]
+    full = [i for i, a in enumerate(given) if len(a) or i == 0]
+    arrays = [given[i] for i in full]
     if fit is None:
-        full = [i for i, a in enumerate(given) if len(a) or i == 0]
-        done = _steps([given[i] for i in full], center_, normalize_, pca_, whiten)
+        done = _steps(arrays, center_, normalize_, pca_, whiten)
     else:
-        full = [i for i, a in enumerate(given) if len(a)]
-        done = _steps([np.asarray(fit, dtype=np.float64)] + [given[i] for i in full], center_, normalize_, pca_,
-                      whiten)[1:]
-        if not full:
-            return [np.empty((0,) + done[0].shape[1:]) if done else a for a in given]
+        done = _steps([np.asarray(fit, dtype=np.float64)] + arrays, center_, normalize_, pca_, whiten)[1:]
     out = dict(zip(full, done))
     return [out.get(i, np.empty((0,) + done[0].shape[1:])) for i in range(len(given))]
 
