@@ -26,11 +26,10 @@ def alpha_of(alpha_tilde: float, h: int) -> float:
     return alpha_tilde / math.sqrt(h)
 
 
-def reference_time_factor(alpha_tilde: float, alpha: float | None) -> float:
+def reference_time_factor(alpha_tilde: float, alpha: float) -> float:
     """t_reference / t = alpha_tilde / alpha^2: dlphase's flow descends L / alpha^2, the reference code's descends
-    L / alpha_tilde (its read-out is (alpha_tilde / h) sum_i, as ours), so its clock runs this much faster.
-    NaN when alpha is unknown."""
-    return math.nan if alpha is None else alpha_tilde / alpha ** 2
+    L / alpha_tilde (its read-out is (alpha_tilde / h) sum_i, as ours), so its clock runs this much faster."""
+    return alpha_tilde / alpha ** 2
 
 
 class AlphaModel(torch.nn.Module):

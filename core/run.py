@@ -116,9 +116,9 @@ class Run:
 def point_dataset(point: Mapping[str, Any], run_id: str, result: TrainResult,
                   values: Mapping[str, Any], schema: Mapping[str, Variable],
                   data_attrs: Mapping[str, Any] | None = None,
-                  coords: Mapping[str, Any] | None = None, alpha: float | None = None) -> xr.Dataset:
+                  coords: Mapping[str, Any] | None = None, *, alpha: float) -> xr.Dataset:
     """Assemble one run's variables (no grid dims; grid values as scalar coordinates). ``alpha``: the run's
-    alpha, for ``t_reference`` (NaN without it)."""
+    alpha, for ``t_reference``."""
     run_values = {"status": result.status, "message": result.message, "steps": result.steps,
                   "rejected": result.rejected, "t": result.t,
                   "t_reference": result.t * reference_time_factor(point["alpha_tilde"], alpha),
