@@ -30,7 +30,8 @@ def groups(da: xr.DataArray, x: str):
     rest = [d for d in da.dims if d != x]
     for values in itertools.product(*(da[d].values for d in rest)):
         sel = dict(zip(rest, values))
-        label = ", ".join(f"{d} = {v:g}" if isinstance(v, (float, np.floating)) else f"{d} = {v}" for d, v in sel.items())
+        label = ", ".join(f"{d} = {v:g}" if isinstance(v, (float, np.floating)) else f"{d} = {v}"
+                          for d, v in sel.items())
         yield sel, label, da.sel(sel)
 
 

@@ -20,8 +20,8 @@ from .cube import open_cube
 
 __all__ = [
     "AlphaModel", "Analysis", "Architecture", "Data", "DataError", "Dataset", "DlphaseError", "Dynamics",
-    "EarlyStopping", "GRID_DIMS", "Grid", "Loss", "Net", "Observable", "PluginError", "PluginManager", "Run", "RunOptions",
-    "RunState", "Spec",
+    "EarlyStopping", "GRID_DIMS", "Grid", "Loss", "Net", "Observable", "PluginError", "PluginManager", "Run",
+    "RunOptions", "RunState", "Spec",
     "SpecError", "TorchData", "TrainResult", "Variable", "alpha_of", "get_manager", "hookimpl", "load_spec",
     "open_cube", "param", "sweep",
 ]
