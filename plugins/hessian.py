@@ -339,6 +339,7 @@ class HessianSpectrum(Observable):
             ("rank_h0", "numerical rank of H0 (N <= max_dense)", ()),
             ("n_zero", "eigenvalues of H within zero_tol of 0 (N <= max_dense)", ()),
             ("n_delta", "N_Delta, points with Delta = 1 - y f > 0", ()),
+            ("energy", "the energy whose Hessian this is: U = sum_{Delta>0} Delta^2 / 2, or L", ()),
             *((f"{end}_{m.lower()}", f"the {k} {word} eigenvalues of {m} by Lanczos, increasing (N > max_dense)",
                ("hess_k",)) for end, word, k in (("top", "largest", "k"), ("bottom", "smallest", "k"))
               for m in ("H", "H0", "Hp")),
@@ -370,13 +371,14 @@ class HessianSpectrum(Observable):
             states.append(("_init", init))
         for suffix, model in states:
             terms = _active_terms(model, x, y, self.energy, run.loss)
+            energy = float(terms["w"] * terms["l"](terms["margins"]).sum())
             if len(terms["idx"]) == 0:
                 values = self.zero(model, terms)
             elif model.n_params() <= self.max_dense:
                 values = self.dense(model, x, y, run.loss, terms)
             else:
                 values = self.lanczos(model, x, y, run.loss, terms)
-            out.update({f"hess_{key}{suffix}": v for key, v in values.items()})
+            out.update({f"hess_{key}{suffix}": v for key, v in {**values, "energy": energy}.items()})
         return out
 
     def zero(self, model, terms) -> dict:

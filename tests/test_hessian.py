@@ -99,6 +99,12 @@ def test_hessian_spectrum_observable_in_a_sweep(tmp_path):
         assert int(point["hess_n_delta"]) == int(point["n_delta"])
         assert int(point["hess_rank_h0_init"]) == min(40, n[h]) and int(point["hess_n_delta_init"]) == 40
         assert int(point["hess_rank_h0"]) <= int(point["hess_n_delta"])
+        # U by hand from the trained net's margins, and U = P / 2 at initialisation (f = 0, every Delta = 1)
+        with torch.no_grad():
+            m = run.tensors.y_train * run.model(run.tensors.x_train)
+        assert float(point["hess_energy"]) == pytest.approx(float((torch.clamp(1 - m, min=0) ** 2).sum() / 2),
+                                                           rel=1e-9)
+        assert float(point["hess_energy_init"]) == pytest.approx(20.0)
 
 
 @pytest.mark.parametrize("arch", [FC(depth=2, activation="swish"), MeanField(activation="swish")],
