@@ -247,7 +247,7 @@ def cnn(args):
     shape, flops, widest = tuple(x.shape[1:]), 0.0, None
     for i in range(arch.depth):
         c_in, size = shape[0], shape[1:]
-        out = tuple((s_ + 2 * arch.padding - k) // arch.stride + 1 for s_ in size)
+        out = tuple((s_ + 2 * arch.padding - k) // arch.layer_strides()[i] + 1 for s_ in size)
         rows, inner = len(x) * out[0] * out[1], c_in * k * k
         flops += 2 * rows * inner * h * (2 if i == 0 else 3)
         widest = (rows, inner) if widest is None or rows * inner > widest[0] * widest[1] else widest
@@ -256,7 +256,7 @@ def cnn(args):
     b = torch.randn(widest[1], h, dtype=x.dtype, device=x.device)
     gflops = 2 * widest[0] * widest[1] * h / timed(lambda: (a @ b, sync(args.device)), repeat=5) / 1e9
     floor = flops / gflops / 1e9
-    print(f"cnn h = {h}, depth {arch.depth}, {k} x {k} stride {arch.stride}, P = {len(x)}: one gradient "
+    print(f"cnn h = {h}, depth {arch.depth}, {k} x {k} strides {list(arch.layer_strides())}, P = {len(x)}: one gradient "
           f"{t_grad:.3f} s; its convolutions' {flops / 1e9:.2f} GFLOP at the {gflops:.1f} GFLOP/s of a "
           f"({widest[0]} x {widest[1]}) @ ({widest[1]} x {h}) product take {floor:.3f} s: {t_grad / floor:.1f}x the "
           f"floor (torch.func.vmap of F.conv2d: {t_vmap:.3f} s, {t_vmap / t_grad:.1f}x the hand-written pass)",

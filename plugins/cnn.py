@@ -1,8 +1,10 @@
 """A convolutional net in the NTK parametrisation.
 
 ``depth`` convolutions with h channels, each weight N(0,1) scaled by 1/sqrt(fan_in = channels k^2),
-kernel k x k, stride 2 (the reference's 5 x 5, stride 2), then global average pooling of sigma(a_L)
-and a linear read-out W sigma / sqrt(h). Takes images (C, H, W): use it with ``pca = 0``.
+kernel k x k, one stride for every layer (5 x 5, stride 2, padding 2 by default) or one per layer
+(``strides``: the reference code's two blocks of two layers are 5 x 5, strides 2, 1, 2, 1, padding 1), then
+global average pooling of sigma(a_L) and a linear read-out W sigma / sqrt(h). Takes images (C, H, W): use it
+with ``pca = 0``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class CNNEnsemble(EnsembleNet):
         super().__init__(nets)
         net = nets[0]
         self.depth, self.scales = len(net.weights), net.scales
-        self.stride, self.padding, self.h, self.sigma = net.stride, net.padding, net.h, net.sigma
+        self.strides, self.padding, self.h, self.sigma = net.strides, net.padding, net.h, net.sigma
         self.activation = net.activation
         self.bias = net.biases is not None
         self.k = net.weights[0].shape[-1]
@@ -56,19 +58,19 @@ class CNNEnsemble(EnsembleNet):
         products with the unfolded inputs, and the backward pass folds them back (col2im), by hand."""
         ws, bs, readout = self._split(params)
         M, n, h = len(readout), len(x), self.h
-        geometry = dict(kernel_size=self.k, padding=self.padding, stride=self.stride)
+        geometry = [dict(kernel_size=self.k, padding=self.padding, stride=s) for s in self.strides]
         units, pre, sizes = [], [], []
         z = x
         for i, w in enumerate(ws):
             if i > 0:
                 z = self.sigma(pre[-1]).reshape(n, M * h, *sizes[-1])
-            u = F.unfold(z, **geometry)
+            u = F.unfold(z, **geometry[i])
             units.append(u.reshape(n, 1 if i == 0 else M, -1, u.shape[-1]))
             a = torch.matmul((w * self.scales[i]).reshape(M, h, -1), units[-1])        # (n, M, h, P)
             if bs is not None:
                 a = a + bs[i][None, :, :, None]
             pre.append(a)
-            sizes.append(self._out_size(z.shape[-2:]))
+            sizes.append(self._out_size(z.shape[-2:], i))
         d_act = DERIVATIVES[self.activation]
         p_last = pre[-1].shape[-1]
         pooled = self.sigma(pre[-1]).mean(-1) / math.sqrt(h)                         # (n, M, h)
@@ -76,7 +78,7 @@ class CNNEnsemble(EnsembleNet):
         deltas = [delta]
         for i in range(len(ws) - 1, 0, -1):
             du = torch.matmul((ws[i] * self.scales[i]).reshape(M, h, -1).transpose(1, 2), delta)
-            dz = F.fold(du.reshape(n, -1, du.shape[-1]), output_size=sizes[i - 1], **geometry)
+            dz = F.fold(du.reshape(n, -1, du.shape[-1]), output_size=sizes[i - 1], **geometry[i])
             delta = dz.reshape(n, M, h, -1) * d_act(pre[i - 1])
             deltas.insert(0, delta)
         return units, deltas, pooled
@@ -85,28 +87,28 @@ class CNNEnsemble(EnsembleNet):
         """The widest per-member tensor of a pass: a layer's unfolded inputs, n P_out C k^2 numbers."""
         size, widest = self.input_size, 0
         for i in range(self.depth):
-            out = self._out_size(size)
+            out = self._out_size(size, i)
             widest = max(widest, n * out[0] * out[1] * (self.channels if i == 0 else self.h) * self.k ** 2)
             size = out
         return widest
 
-    def _unfold(self, z):
-        """The patches of z (B, n, H, W, C), channels last: (B, n Ho Wo, k k C), one row per output pixel, read
-        from a strided view of the padded input in one copy."""
+    def _unfold(self, z, i):
+        """The patches of layer i's input z (B, n, H, W, C), channels last: (B, n Ho Wo, k k C), one row per
+        output pixel, read from a strided view of the padded input in one copy."""
         B, n, H, W, C = z.shape
-        p, s, k = self.padding, self.stride, self.k
+        p, s, k = self.padding, self.strides[i], self.k
         zp = F.pad(z, (0, 0, p, p, p, p))
-        Ho, Wo = self._out_size((H, W))
+        Ho, Wo = self._out_size((H, W), i)
         st = zp.stride()
         view = zp.as_strided((B, n, Ho, Wo, k, k, C), (st[0], st[1], s * st[2], s * st[3], st[2], st[3], st[4]))
         return view.reshape(B, n * Ho * Wo, k * k * C)
 
-    def _fold(self, du, shape):
-        """The adjoint of :meth:`_unfold`: patch gradients (B, n Ho Wo, k k C) summed back onto the input
-        pixels, (B, n, H, W, C)."""
+    def _fold(self, du, shape, i):
+        """The adjoint of :meth:`_unfold` for layer i: patch gradients (B, n Ho Wo, k k C) summed back onto the
+        input pixels, (B, n, H, W, C)."""
         B, n, H, W, C = shape
-        p, s, k = self.padding, self.stride, self.k
-        Ho, Wo = self._out_size((H, W))
+        p, s, k = self.padding, self.strides[i], self.k
+        Ho, Wo = self._out_size((H, W), i)
         grid = du.new_zeros((B, n, H + 2 * p, W + 2 * p, C))
         d = du.view(B, n, Ho, Wo, k, k, C)
         for a in range(k):
@@ -128,13 +130,13 @@ class CNNEnsemble(EnsembleNet):
         units, pre, shapes = [], [], []
         for i, w in enumerate(self._matrices(ws)):
             shapes.append(tuple(z.shape))
-            u = self._unfold(z)
+            u = self._unfold(z, i)
             a = torch.matmul(u, w)                                          # (M, n Ho Wo, h)
             if bs is not None:
                 a = a + bs[i][:, None, :]
             units.append(u)
             pre.append(a)
-            Ho, Wo = self._out_size(z.shape[2:4])
+            Ho, Wo = self._out_size(z.shape[2:4], i)
             if i < self.depth - 1:
                 z = self.sigma(a).view(M, n, Ho, Wo, h)
         pooled = self.sigma(pre[-1]).view(M, n, -1, h).mean(2) / math.sqrt(h)   # (M, n, h)
@@ -168,7 +170,7 @@ class CNNEnsemble(EnsembleNet):
             gw[i] = g.view(M, self.k, self.k, C, h).permute(0, 4, 3, 1, 2).contiguous()
             gb[i] = delta.sum(1)
             if i > 0:
-                dz = self._fold(torch.bmm(delta, mats[i].transpose(1, 2)), (M, n) + shapes[i][2:])
+                dz = self._fold(torch.bmm(delta, mats[i].transpose(1, 2)), (M, n) + shapes[i][2:], i)
                 delta = dz.reshape(M, -1, h) * slopes[i - 1]
         return [g_readout] + gw + (gb if bias else [])
 
@@ -195,8 +197,9 @@ class CNNEnsemble(EnsembleNet):
                 t[j] += e[0]
         return out
 
-    def _out_size(self, size):
-        return tuple((s + 2 * self.padding - self.k) // self.stride + 1 for s in size)
+    def _out_size(self, size, i):
+        """The output size of layer i for an input of ``size``."""
+        return tuple((s + 2 * self.padding - self.k) // self.strides[i] + 1 for s in size)
 
     def ntk(self, params, x1, x2=None, chunk=None):
         """Theta layer by layer: conv layer i contributes s_i^2 <delta_n U_n^T, delta_m U_m^T> (per-sample weight
@@ -226,7 +229,7 @@ class CNNEnsemble(EnsembleNet):
 class CNNNet(Net):
     ensemble_class = CNNEnsemble
 
-    def __init__(self, channels: int, h: int, depth: int, kernel_size: int, stride: int, padding: int,
+    def __init__(self, channels: int, h: int, depth: int, kernel_size: int, strides: tuple[int, ...], padding: int,
                  activation: str, bias: bool, generator: torch.Generator, input_size: tuple[int, int]):
         super().__init__()
         ins = [channels] + [h] * (depth - 1)
@@ -237,7 +240,7 @@ class CNNNet(Net):
             torch.nn.Parameter(torch.randn(h, generator=generator, dtype=torch.float64)) for _ in ins) if bias else None
         self.readout = torch.nn.Parameter(torch.randn(h, generator=generator, dtype=torch.float64))
         self.scales = [1 / math.sqrt(c * kernel_size ** 2) for c in ins]
-        self.stride, self.padding, self.h = stride, padding, h
+        self.strides, self.padding, self.h = tuple(strides), padding, h
         self.input_size = input_size
         self.activation = activation
         self.sigma = ACTIVATIONS[activation]
@@ -248,7 +251,7 @@ class CNNNet(Net):
             if i > 0:
                 z = self.sigma(z)
             z = F.conv2d(z, w * s, None if self.biases is None else self.biases[i],
-                         stride=self.stride, padding=self.padding)
+                         stride=self.strides[i], padding=self.padding)
         pooled = self.sigma(z).mean(dim=(2, 3))
         return pooled @ self.readout / math.sqrt(self.h)
 
@@ -260,10 +263,22 @@ class CNN(Architecture):
     name: ClassVar[str] = "cnn"
     depth: int = param(default=2, doc="number of convolution layers", validator=positive)
     kernel_size: int = param(default=5, doc="k of the k x k kernels", validator=positive)
-    stride: int = param(default=2, doc="stride of every convolution", validator=positive)
+    stride: int = param(default=2, doc="stride of every convolution (unless strides is given)", validator=positive)
+    strides: tuple[int, ...] = param(default=(), doc="one stride per convolution, e.g. [2, 1, 2, 1] (with depth 4, "
+                                                     "padding 1) for the reference code's topology; empty: stride",
+                                     validator=None)
     padding: int = param(default=2, doc="zero padding on each side", validator=non_negative)
     activation: Literal["swish", "relu", "tanh"] = param(default="swish", doc="sigma: swish (normalised), relu, tanh")
     bias: bool = param(default=False, doc="add N(0,1) biases to the convolutions")
+
+    def __attrs_post_init__(self):
+        if self.strides and (len(self.strides) != self.depth or any(s < 1 for s in self.strides)):
+            raise ValueError(f"strides = {list(self.strides)} must give one stride >= 1 for each of the depth = "
+                             f"{self.depth} convolutions")
+
+    def layer_strides(self) -> tuple[int, ...]:
+        """The stride of each convolution."""
+        return tuple(self.strides) or (self.stride,) * self.depth
 
     def check(self, dataset) -> None:
         if getattr(dataset, "pca", 0):
@@ -273,7 +288,14 @@ class CNN(Architecture):
         if len(input_shape) != 3:
             raise ValueError(f"cnn takes images (C, H, W) but the data has points of shape {input_shape}; "
                              f"use dataset.pca = 0")
-        return CNNNet(input_shape[0], h, self.depth, self.kernel_size, self.stride, self.padding,
+        size = tuple(input_shape[1:])
+        for i, s in enumerate(self.layer_strides()):
+            size = tuple((n + 2 * self.padding - self.kernel_size) // s + 1 for n in size)
+            if min(size) < 1:
+                raise ValueError(f"the {self.kernel_size} x {self.kernel_size} kernels leave no pixel after "
+                                 f"convolution {i + 1} of {self.depth} on {tuple(input_shape[1:])} images; lower "
+                                 f"architecture.depth, the strides or the kernel_size, or raise the padding")
+        return CNNNet(input_shape[0], h, self.depth, self.kernel_size, self.layer_strides(), self.padding,
                       self.activation, self.bias, generator, tuple(input_shape[1:]))
 
 

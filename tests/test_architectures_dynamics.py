@@ -1,6 +1,7 @@
 """cnn and mean_field against naive numpy forwards; gd and sgd against numpy iterations."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -47,6 +48,34 @@ def test_cnn_matches_naive_convolutions(bias):
     f = swish_np(a2).mean(axis=(2, 3)) @ net.readout.detach().numpy() / math.sqrt(h)
     np.testing.assert_allclose(net(torch.from_numpy(x)).detach().numpy(), f, rtol=1e-12)
     assert sum(p.numel() for p in net.parameters()) == h * 2 * 9 + h * h * 9 + h + (2 * h if bias else 0)
+
+
+def test_cnn_reference_topology_matches_naive_convolutions():
+    """The reference code's two blocks of two 5 x 5 convolutions, strides 2, 1, 2, 1, padding 1: 28 -> 13 -> 11 ->
+    5 -> 3 pixels."""
+    arch = CNN(depth=4, kernel_size=5, padding=1, strides=(2, 1, 2, 1))
+    h, x = 3, np.random.default_rng(2).standard_normal((2, 1, 28, 28))
+    net = arch.build(h, (1, 28, 28), torch.Generator().manual_seed(3))
+    W = [w.detach().numpy() for w in net.weights]
+    a = x
+    for i, (w, stride) in enumerate(zip(W, (2, 1, 2, 1))):
+        a = conv_np(a if i == 0 else swish_np(a), w / math.sqrt(w.shape[1] * 25), stride, 1)
+    assert a.shape[-2:] == (3, 3)
+    f = swish_np(a).mean(axis=(2, 3)) @ net.readout.detach().numpy() / math.sqrt(h)
+    np.testing.assert_allclose(net(torch.from_numpy(x)).detach().numpy(), f, rtol=1e-12)
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ({"depth": 2, "strides": [2, 1, 2]}, "strides = [2, 1, 2] must give one stride >= 1 for each of the depth = 2"),
+    ({"depth": 2, "strides": [2, 0]}, "strides = [2, 0] must give one stride >= 1"),
+])
+def test_cnn_topology_errors(raw, fragment):
+    with pytest.raises(dlphase.SpecError, match=re.escape(fragment)):
+        dlphase.specs.build_spec({"architecture": {"name": "cnn", **raw}, "dataset": {"pca": 0},
+                                  "grid": {"h": 4, "alpha_tilde": 1.0, "P": 10}})
+    # the image size is known once the data is loaded: the net refuses to shrink it to nothing
+    with pytest.raises(ValueError, match=re.escape("leave no pixel after convolution 3 of 6 on (28, 28) images")):
+        CNN(depth=6, padding=0).build(4, (1, 28, 28), torch.Generator().manual_seed(0))
 
 
 def test_cnn_needs_images():

@@ -72,8 +72,9 @@ def test_batched_kernels_match_autograd(arch):
 
 @pytest.mark.parametrize("arch", [CNN(depth=2, activation="swish"),
                                   CNN(depth=3, activation="relu", bias=True, kernel_size=3, stride=1, padding=1),
-                                  CNN(depth=2, activation="tanh", kernel_size=3, padding=0)],
-                         ids=lambda a: f"{a.activation}-k{a.kernel_size}s{a.stride}p{a.padding}")
+                                  CNN(depth=2, activation="tanh", kernel_size=3, padding=0),
+                                  CNN(depth=4, kernel_size=3, padding=1, strides=(2, 1, 2, 1), bias=True)],
+                         ids=lambda a: f"{a.activation}-k{a.kernel_size}s{a.layer_strides()}p{a.padding}")
 def test_cnn_kernels_match_autograd(arch):
     """The cnn's hand-written forward, backward and add_backward (channels last, unfold and fold by hand)
     against torch.func.vmap + autograd of F.conv2d nets, and each member against its own module."""

@@ -39,8 +39,9 @@ def test_layerwise_ntk_matches_jacobians(arch):
 
 
 @pytest.mark.parametrize("arch", [CNN(depth=2, kernel_size=3), CNN(depth=2, kernel_size=3, bias=True),
-                                  CNN(depth=3, kernel_size=3, stride=1, padding=0, activation="relu")],
-                         ids=["swish", "bias", "relu-stride1"])
+                                  CNN(depth=3, kernel_size=3, stride=1, padding=0, activation="relu"),
+                                  CNN(depth=4, kernel_size=3, padding=1, strides=(2, 1, 2, 1))],
+                         ids=["swish", "bias", "relu-stride1", "strides-2121"])
 def test_cnn_layerwise_ntk_matches_the_generic_path_and_the_loop(arch):
     nets = _nets(arch, 3, (2, 7, 7), n=2)
     x = torch.randn(9, 2, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
