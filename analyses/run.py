@@ -49,7 +49,8 @@ def table_groups(result: xr.Dataset, numeric: bool = False) -> list[tuple[tuple[
 
 
 def _tables(result: xr.Dataset, max_rows: int = 60) -> list[str]:
-    """The result's small variables as text tables, one per set of dims."""
+    """The result's small variables as text tables, one per set of dims, each cut to ``max_rows`` rows (``--json``
+    and ``-o`` give every value)."""
     import pandas as pd
 
     out = []
@@ -59,7 +60,7 @@ def _tables(result: xr.Dataset, max_rows: int = 60) -> list[str]:
             if not dims:
                 out.append("\n".join(f"{n} = {_scalar(result[n])}" for n in names))
             else:
-                out.append(result[names].to_dataframe()[names].to_string())
+                out.append(result[names].to_dataframe()[names].to_string(max_rows=max_rows))
     return out
 
 

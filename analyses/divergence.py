@@ -1,0 +1,239 @@
+"""Near the jamming transition: from the over-parametrised side the norm of the predictor diverges as
+|f| ~ (N / N* - 1)^(-gamma); on the jammed side the spectrum of the Hessian H of U acquires a scale lambda ~ sqrt(U),
+the size to which Hp = sum Delta Hess Delta lifts the zero modes of H0."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import attrs
+import numpy as np
+import xarray as xr
+
+import dlphase
+from dlphase import Analysis, param
+from dlphase.specs import probability
+
+from .ensemble import jammed_anywhere, too_few, usable
+from .jamming_plane import at_width, parameters
+from .stats import common_slope_fit, power_law_fit, power_law_fits
+
+SPECTRUM = ("hess_eig_h", "hess_rank_h0", "hess_energy")
+
+
+def zero_mode_scale(eig_h: np.ndarray, rank_h0: float) -> float:
+    """lambda of one run: the median |eigenvalue| of H over its N - rank(H0) eigenvalues of smallest modulus,
+    the directions H0 leaves flat, where H = Hp and Hp ~ Delta ~ sqrt(U); NaN when H0 has full rank."""
+    e = np.abs(eig_h[np.isfinite(eig_h)])
+    if not np.isfinite(rank_h0):
+        return math.nan
+    k = len(e) - int(rank_h0)
+    if k < 1:
+        return math.nan
+    return float(np.median(np.sort(e)[:k]))
+
+
+@attrs.frozen(kw_only=True)
+class Divergence(Analysis):
+    """Per (alpha_tilde, P): the widths where a seed jammed (widest: h_J) and the first width above them where every
+    seed converged (h_C); N* between their N; the mean over seeds of |f| at the converged widths against
+    N / N* - 1 and its power law up to ``max_distance``. Where the cube holds dense Hessian spectra, each jammed
+    run's scale lambda (median |eigenvalue| of H over H0's flat directions) against its U, and lambda ~ U^b."""
+
+    name: ClassVar[str] = "divergence"
+    requires: ClassVar = ("f_norm", "n_delta", "n_params")
+    over: str = param(default="seed", doc="the dim averaged over")
+    n_star: Literal["mid", "jammed"] = param(
+        default="mid", doc="N*: mid (geometric mean of N at h_J and at h_C) or jammed (N at h_J); the true N* lies "
+                           "between, and the summary gives gamma for both")
+    max_distance: float = param(default=3.0, doc="fit |f| over the converged widths with N / N* - 1 <= max_distance")
+    level: float = param(default=0.95, doc="level of the confidence intervals", validator=probability)
+    minimum_tol: float = param(default=1e-6, doc="an eigenvalue of H below -minimum_tol max |eigenvalue| is a "
+                                                 "descent direction: that run did not reach a minimum of U")
+    minima_only: bool = param(default=True, doc="fit lambda over the jammed runs that reached a minimum of U only "
+                                                "(elsewhere Hp's negative directions are not lifted zero modes)")
+
+    def __attrs_post_init__(self):
+        if not (self.max_distance > 0 and math.isfinite(self.max_distance)):
+            raise ValueError(f"max_distance = {self.max_distance} must be finite and > 0")
+
+    def applies(self, cube: xr.Dataset) -> str | None:
+        return super().applies(cube) or too_few(cube, "h", 4, "widths h")
+
+    def compute(self, cube: xr.Dataset) -> xr.Dataset:
+        ok = usable(cube)
+        n = parameters(cube)
+        h = cube["h"].broadcast_like(ok.any(self.over))
+        converged = ((cube["n_delta"] == 0) | ~ok).all(self.over) & ok.any(self.over)
+        h_j = h.where(jammed_anywhere(cube, self.over)).max("h")
+        h_c = h.where(converged & (h > h_j)).min("h")
+        n_j, n_c = at_width(n, cube, h_j), at_width(n, cube, h_c)
+        stars = {"mid": np.sqrt(n_j * n_c), "jammed": n_j}
+        f = cube["f_norm"].where(ok).mean(self.over).where(converged & (h >= h_c))
+        out = xr.Dataset({
+            "h_jammed": h_j.assign_attrs(long_name="h_J: widest width where a seed ends with N_Delta > 0"),
+            "h_converged": h_c.assign_attrs(long_name="h_C: first width above h_J where every seed converges"),
+            "n_jammed": n_j.assign_attrs(long_name="N at h_J"),
+            "n_converged": n_c.assign_attrs(long_name="N at h_C"),
+            "n_star": stars[self.n_star].assign_attrs(long_name=f"N* ({self.n_star})"),
+            "n_params": n.broadcast_like(f).assign_attrs(long_name="N, number of parameters"),
+            "f_norm": f.assign_attrs(long_name="|f| (RMS over the test set), mean over seeds, at widths >= h_C "
+                                               "where every seed converged"),
+        })
+        for choice, star in stars.items():
+            distance = (out["n_params"] / star - 1).where(f.notnull())
+            used = f.where(distance <= self.max_distance)
+            fits, curves = power_law_fits(distance, used, "h", self.level)
+            if choice == self.n_star:
+                out["distance"] = distance.assign_attrs(long_name="N / N* - 1")
+                out["used"] = used.notnull().assign_attrs(long_name=f"in the fit (N / N* - 1 <= {self.max_distance})")
+                # b of |f| ~ (N / N* - 1)^b is -gamma: its interval's ends swap
+                for name, value, doc in (
+                        ("gamma", -fits["exponent"], "gamma of |f| ~ (N / N* - 1)^-gamma"),
+                        ("gamma_low", -fits["high"], f"low end of the {self.level:.0%} interval of gamma"),
+                        ("gamma_high", -fits["low"], f"high end of the {self.level:.0%} interval of gamma"),
+                        ("prefactor", fits["prefactor"], "A of |f| = A (N / N* - 1)^-gamma"),
+                        ("n", fits["n"], "widths in the fit")):
+                    out[name] = value.assign_attrs(long_name=doc)
+                pooled = common_slope_fit(curves, self.level)
+                for k, name in (("exponent", "gamma"), ("high", "gamma_low"), ("low", "gamma_high"), ("n", "n"),
+                                ("curves", "curves")):
+                    value = -pooled[k] if name.startswith("gamma") else pooled[k]
+                    out[f"pooled_{name}"] = xr.DataArray(value, attrs={
+                        "long_name": f"one gamma for every curve (own prefactors): {name}"})
+            out[f"gamma_at_{choice}"] = (-fits["exponent"]).assign_attrs(long_name=f"gamma with N* = {choice}")
+
+        if all(v in cube for v in SPECTRUM) and "h" in cube["hess_eig_h"].dims:
+            self._spectrum_scale(cube, ok, out)
+        out.attrs.update({"analysis": self.name, "over": self.over, "n_star_choice": self.n_star,
+                          "max_distance": self.max_distance, "level": self.level, "minima_only": int(self.minima_only)})
+        return out
+
+    def _spectrum_scale(self, cube: xr.Dataset, ok: xr.DataArray, out: xr.Dataset) -> None:
+        """lambda of every jammed run with a dense spectrum, and lambda ~ U^b per point of the other dims."""
+        grid = [d for d in cube["hess_rank_h0"].dims]
+        eig = cube["hess_eig_h"].transpose(*grid, "hess_eig").values
+        rank = cube["hess_rank_h0"].transpose(*grid).values
+        jammed = ((cube["n_delta"] > 0) & ok).transpose(*grid).values
+        lam = np.full(rank.shape, np.nan)
+        descent = np.full(rank.shape, np.nan)
+        for idx in np.ndindex(*rank.shape):
+            e = eig[idx][np.isfinite(eig[idx])]
+            if jammed[idx] and len(e):
+                lam[idx] = zero_mode_scale(e, rank[idx])
+                descent[idx] = int((e < -self.minimum_tol * np.abs(e).max()).sum())
+        coords = {d: cube[d] for d in grid}
+        out["lambda_scale"] = xr.DataArray(lam, dims=grid, coords=coords, attrs={
+            "long_name": "lambda: median |eigenvalue| of H over the N - rank(H0) of smallest modulus (jammed runs "
+                         "with N_Delta < N)"})
+        out["descent_directions"] = xr.DataArray(descent, dims=grid, coords=coords, attrs={
+            "long_name": f"eigenvalues of H below -{self.minimum_tol:g} max |eigenvalue| (jammed runs): 0 at a "
+                         "minimum of U"})
+        fitted = out["lambda_scale"].notnull() & ((out["descent_directions"] == 0) | (not self.minima_only))
+        out["lambda_used"] = fitted.assign_attrs(long_name="jammed runs in the fit of lambda against U")
+        out["energy"] = cube["hess_energy"].where(out["lambda_scale"].notnull()).assign_attrs(
+            long_name="U at the end (jammed runs)")
+        rest = [d for d in grid if d not in ("h", self.over)]
+        fits = {k: np.full([cube.sizes[d] for d in rest], np.nan) for k in ("exponent", "low", "high", "prefactor",
+                                                                           "n")}
+        for idx in np.ndindex(*fits["n"].shape):
+            sel = dict(zip(rest, idx))
+            used = out["lambda_used"].isel(sel)
+            fit = power_law_fit(out["energy"].isel(sel).where(used).values,
+                                out["lambda_scale"].isel(sel).where(used).values, self.level)
+            for k in fits:
+                fits[k][idx] = fit[k]
+        for k, doc in (("exponent", "exponent b of lambda ~ U^b (the claim: 1/2)"),
+                       ("low", f"low end of the {self.level:.0%} interval of b"),
+                       ("high", f"high end of the {self.level:.0%} interval of b"),
+                       ("prefactor", "A of lambda = A U^b"), ("n", "jammed runs in the fit")):
+            out[f"lambda_{k}"] = xr.DataArray(fits[k], dims=rest, coords={d: cube[d] for d in rest},
+                                              attrs={"long_name": doc})
+
+    def summary(self, result: xr.Dataset) -> list[str]:
+        from .curves import groups
+
+        lines = []
+        for sel, label, gamma in groups(result["gamma"], None):
+            r = result.sel(sel)
+            n_j, n_c = float(r["n_jammed"]), float(r["n_converged"])
+            if not np.isfinite(float(gamma)):
+                why = ("no seed jammed" if not np.isfinite(n_j) else
+                       "no width above h_J has every seed converged" if not np.isfinite(n_c) else
+                       f"fewer than 3 converged widths within N / N* - 1 <= {result.attrs['max_distance']:g}")
+                lines.append(f"{label}: no divergence fit ({why})")
+            else:
+                lines.append(f"{label}: |f| ~ (N / N* - 1)^-gamma, gamma = {float(gamma):.3f} "
+                             f"[{float(r['gamma_low']):.3f}, {float(r['gamma_high']):.3f}] over {int(r['n'])} widths; "
+                             f"N* = {float(r['n_star']):.0f} in ({n_j:.0f}, {n_c:.0f}]; gamma with N* = N(h_J): "
+                             f"{float(r['gamma_at_jammed']):.3f}, with the geometric mean: {float(r['gamma_at_mid']):.3f}")
+            if "lambda_exponent" in result:
+                b = float(r["lambda_exponent"])
+                if np.isfinite(b):
+                    lines.append(f"  jammed side: lambda ~ U^{b:.3f} [{float(r['lambda_low']):.3f}, "
+                                 f"{float(r['lambda_high']):.3f}] over {int(r['lambda_n'])} runs (the claim: 1/2)")
+                else:
+                    lines.append("  jammed side: fewer than 3 runs for the fit of lambda against U")
+                d, lam = r["descent_directions"].values, r["lambda_scale"].values
+                lines.append(f"  jammed runs with a dense spectrum: {int(np.isfinite(d).sum())}; with flat directions "
+                             f"(N_Delta < N): {int(np.isfinite(lam).sum())}; of these at a minimum of U (no "
+                             f"eigenvalue of H < 0): {int((np.isfinite(lam) & (d == 0)).sum())}"
+                             + ("" if result.attrs["minima_only"] else " (all are fitted: --no-minima-only)"))
+        if np.isfinite(float(result["pooled_gamma"])) and int(result["pooled_curves"]) > 1:
+            lines.append(f"every curve: gamma = {float(result['pooled_gamma']):.3f} "
+                         f"[{float(result['pooled_gamma_low']):.3f}, {float(result['pooled_gamma_high']):.3f}]")
+        return lines
+
+    def plot(self, result: xr.Dataset, backend: str = "bokeh"):
+        import holoviews as hv
+
+        from .curves import PALETTE, finish, groups, stack, style
+
+        bokeh = backend == "bokeh"
+        size = {"size": 8} if bokeh else {"s": 40}
+        faint = {"size": 6, "alpha": 0.35} if bokeh else {"s": 20, "alpha": 0.35}
+        norms, scales = [], []
+        for i, (sel, label, _) in enumerate(groups(result["gamma"], None)):
+            color = PALETTE[i % len(PALETTE)]
+            r = result.sel(sel)
+            x, y, used = r["distance"].values, r["f_norm"].values, r["used"].values.astype(bool)
+            keep = np.isfinite(x) & np.isfinite(y) & (x > 0)
+            norms.append(hv.Scatter((x[keep & used], y[keep & used]), "N / N* - 1", "|f|", label=f"{label}")
+                         .opts(color=color, **size))
+            if (keep & ~used).any():
+                norms.append(hv.Scatter((x[keep & ~used], y[keep & ~used]), "N / N* - 1", "|f|",
+                                        label=f"{label} (not fitted)").opts(color=color, **faint))
+            g, a = float(r["gamma"]), float(r["prefactor"])
+            if np.isfinite(g) and (keep & used).any():
+                xs = np.geomspace(x[keep & used].min(), x[keep & used].max(), 20)
+                norms.append(hv.Curve((xs, a * xs ** -g), "N / N* - 1", "|f|", label=f"gamma = {g:.2f}")
+                             .opts(**style(backend, color, "dashed")))
+            if "lambda_scale" in r:
+                u, lam = r["energy"].values.ravel(), r["lambda_scale"].values.ravel()
+                fit_in = r["lambda_used"].values.ravel().astype(bool)
+                keep = np.isfinite(u) & np.isfinite(lam) & (u > 0) & (lam > 0)
+                if keep.any():
+                    for part, what, opts in ((keep & fit_in, "", size), (keep & ~fit_in, " (not at a minimum)", faint)):
+                        if part.any():
+                            scales.append(hv.Scatter((u[part], lam[part]), "U", "lambda", label=label + what)
+                                          .opts(color=color, **opts))
+                    b, a = float(r["lambda_exponent"]), float(r["lambda_prefactor"])
+                    us = np.geomspace(u[keep].min(), u[keep].max(), 20)
+                    if np.isfinite(b):
+                        scales.append(hv.Curve((us, a * us ** b), "U", "lambda", label=f"U^{b:.2f}")
+                                      .opts(**style(backend, color, "dashed")))
+                    top = np.argmax(u[keep])
+                    scales.append(hv.Curve((us, lam[keep][top] * (us / u[keep][top]) ** 0.5), "U", "lambda",
+                                           label="U^1/2").opts(**style(backend, "#7f7f7f", "dotted")))
+        panels = [finish(hv.Overlay(norms), backend, "|f| diverges toward jamming from above", "N / N* - 1",
+                         "|f| (RMS over the test set)", logx=True, logy=True)]
+        if scales:
+            panels.append(finish(hv.Overlay(scales), backend, "jammed side: the scale of H's flat directions",
+                                 "U at the end", "lambda", logx=True, logy=True))
+        return stack(panels, backend)
+
+
+@dlphase.hookimpl
+def register_analyses(register):
+    register(Divergence)
