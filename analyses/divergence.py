@@ -51,6 +51,9 @@ class Divergence(Analysis):
     level: float = param(default=0.95, doc="level of the confidence intervals", validator=probability)
     minimum_tol: float = param(default=1e-6, doc="an eigenvalue of H below -minimum_tol max |eigenvalue| is a "
                                                  "descent direction: that run did not reach a minimum of U")
+    per_seed: bool = param(default=True, doc="each seed's own transition (its widest jammed and first converged "
+                                             "width) and its own |f|, one exponent for the seeds; else N* from every "
+                                             "seed together and the mean |f| over seeds")
     minima_only: bool = param(default=True, doc="fit lambda over the jammed runs that reached a minimum of U only "
                                                 "(elsewhere Hp's negative directions are not lifted zero modes)")
 
@@ -64,50 +67,82 @@ class Divergence(Analysis):
     def compute(self, cube: xr.Dataset) -> xr.Dataset:
         ok = usable(cube)
         n = parameters(cube)
-        h = cube["h"].broadcast_like(ok.any(self.over))
-        converged = ((cube["n_delta"] == 0) | ~ok).all(self.over) & ok.any(self.over)
-        h_j = h.where(jammed_anywhere(cube, self.over)).max("h")
+        done = (cube["n_delta"] == 0) & ok
+        if self.per_seed:     # each initialisation has its own transition
+            jammed, converged, f = (cube["n_delta"] > 0) & ok, done, cube["f_norm"].where(ok)
+            who, whose = "the seed", "the seed's"
+        else:
+            jammed, converged = jammed_anywhere(cube, self.over), (done | ~ok).all(self.over) & ok.any(self.over)
+            f = cube["f_norm"].where(ok).mean(self.over)
+            who, whose = "a seed", "every seed"
+        h = cube["h"].broadcast_like(converged)
+        h_j = h.where(jammed).max("h")
         h_c = h.where(converged & (h > h_j)).min("h")
         n_j, n_c = at_width(n, cube, h_j), at_width(n, cube, h_c)
         stars = {"mid": np.sqrt(n_j * n_c), "jammed": n_j}
-        f = cube["f_norm"].where(ok).mean(self.over).where(converged & (h >= h_c))
+        f = f.where(converged & (h >= h_c))
         out = xr.Dataset({
-            "h_jammed": h_j.assign_attrs(long_name="h_J: widest width where a seed ends with N_Delta > 0"),
-            "h_converged": h_c.assign_attrs(long_name="h_C: first width above h_J where every seed converges"),
+            "h_jammed": h_j.assign_attrs(long_name=f"h_J: widest width where {who} ends with N_Delta > 0"),
+            "h_converged": h_c.assign_attrs(long_name=f"h_C: first width above h_J where {whose} runs converge"),
             "n_jammed": n_j.assign_attrs(long_name="N at h_J"),
             "n_converged": n_c.assign_attrs(long_name="N at h_C"),
             "n_star": stars[self.n_star].assign_attrs(long_name=f"N* ({self.n_star})"),
             "n_params": n.broadcast_like(f).assign_attrs(long_name="N, number of parameters"),
-            "f_norm": f.assign_attrs(long_name="|f| (RMS over the test set), mean over seeds, at widths >= h_C "
-                                               "where every seed converged"),
+            "f_norm": f.assign_attrs(long_name="|f| (RMS over the test set) at the widths >= h_C where " +
+                                               ("the seed converged" if self.per_seed else
+                                                "every seed converged, mean over seeds")),
         })
+        rest = [d for d in f.dims if d not in ("h", self.over)]
         for choice, star in stars.items():
             distance = (out["n_params"] / star - 1).where(f.notnull())
             used = f.where(distance <= self.max_distance)
-            fits, curves = power_law_fits(distance, used, "h", self.level)
+            fits = self._fits(distance, used, rest)
             if choice == self.n_star:
                 out["distance"] = distance.assign_attrs(long_name="N / N* - 1")
                 out["used"] = used.notnull().assign_attrs(long_name=f"in the fit (N / N* - 1 <= {self.max_distance})")
-                # b of |f| ~ (N / N* - 1)^b is -gamma: its interval's ends swap
-                for name, value, doc in (
-                        ("gamma", -fits["exponent"], "gamma of |f| ~ (N / N* - 1)^-gamma"),
-                        ("gamma_low", -fits["high"], f"low end of the {self.level:.0%} interval of gamma"),
-                        ("gamma_high", -fits["low"], f"high end of the {self.level:.0%} interval of gamma"),
-                        ("prefactor", fits["prefactor"], "A of |f| = A (N / N* - 1)^-gamma"),
-                        ("n", fits["n"], "widths in the fit")):
-                    out[name] = value.assign_attrs(long_name=doc)
-                pooled = common_slope_fit(curves, self.level)
-                for k, name in (("exponent", "gamma"), ("high", "gamma_low"), ("low", "gamma_high"), ("n", "n"),
-                                ("curves", "curves")):
-                    value = -pooled[k] if name.startswith("gamma") else pooled[k]
+                out["prefactor"] = fits.pop("prefactor").assign_attrs(long_name="A of |f| = A (N / N* - 1)^-gamma")
+                for name, value in fits.items():
+                    out[name] = value
+                pooled = common_slope_fit(_curves(distance, used), self.level)
+                # b of |f| ~ (N / N* - 1)^b is -gamma: the interval's ends swap
+                for name, value in (("gamma", -pooled["exponent"]), ("gamma_low", -pooled["high"]),
+                                    ("gamma_high", -pooled["low"]), ("n", pooled["n"]), ("curves", pooled["curves"])):
                     out[f"pooled_{name}"] = xr.DataArray(value, attrs={
                         "long_name": f"one gamma for every curve (own prefactors): {name}"})
-            out[f"gamma_at_{choice}"] = (-fits["exponent"]).assign_attrs(long_name=f"gamma with N* = {choice}")
+            out[f"gamma_at_{choice}"] = fits["gamma"].assign_attrs(long_name=f"gamma with N* = {choice}")
 
         if all(v in cube for v in SPECTRUM) and "h" in cube["hess_eig_h"].dims:
             self._spectrum_scale(cube, ok, out)
         out.attrs.update({"analysis": self.name, "over": self.over, "n_star_choice": self.n_star,
-                          "max_distance": self.max_distance, "level": self.level, "minima_only": int(self.minima_only)})
+                          "max_distance": self.max_distance, "level": self.level, "minima_only": int(self.minima_only),
+                          "per_seed": int(self.per_seed)})
+        return out
+
+    def _fits(self, distance: xr.DataArray, used: xr.DataArray, rest: list[str]) -> dict[str, xr.DataArray]:
+        """gamma with its interval at each point of ``rest`` (alpha_tilde, P): one exponent over the seeds' curves
+        (each its own N* and prefactor) per seed, else the fit of the mean over seeds; and every curve's
+        prefactor."""
+        shape = [used.sizes[d] for d in rest]
+        values = {k: np.full(shape, np.nan) for k in ("gamma", "gamma_low", "gamma_high", "n")}
+        curve_dims = rest + ([self.over] if self.per_seed else [])
+        prefactor = xr.full_like(used.isel(h=0, drop=True), np.nan).transpose(*curve_dims)
+        for idx in np.ndindex(*shape):
+            sel = dict(zip(rest, idx))
+            x, y = distance.isel(sel), used.isel(sel)
+            pairs = _curves(x, y)
+            fit = common_slope_fit(pairs, self.level)
+            values["gamma"][idx], values["gamma_low"][idx], values["gamma_high"][idx] = (
+                -fit["exponent"], -fit["high"], -fit["low"])
+            values["n"][idx] = fit["n"]
+            a = np.asarray(fit["prefactors"], dtype=float).reshape(prefactor.isel(sel).shape)
+            prefactor[sel] = a
+        coords = {d: used[d] for d in rest}
+        docs = {"gamma": "gamma of |f| ~ (N / N* - 1)^-gamma" + (" (one exponent for the seeds, each with its own N*)"
+                                                                 if self.per_seed else ""),
+                "gamma_low": f"low end of the {self.level:.0%} interval of gamma",
+                "gamma_high": f"high end of the {self.level:.0%} interval of gamma", "n": "points in the fit"}
+        out = {k: xr.DataArray(v, dims=rest, coords=coords, attrs={"long_name": docs[k]}) for k, v in values.items()}
+        out["prefactor"] = prefactor
         return out
 
     def _spectrum_scale(self, cube: xr.Dataset, ok: xr.DataArray, out: xr.Dataset) -> None:
@@ -157,16 +192,20 @@ class Divergence(Analysis):
         lines = []
         for sel, label, gamma in groups(result["gamma"], None):
             r = result.sel(sel)
-            n_j, n_c = float(r["n_jammed"]), float(r["n_converged"])
+            n_j, n_c = r["n_jammed"].values.ravel(), r["n_converged"].values.ravel()
+            per = bool(result.attrs.get("per_seed", 0))
             if not np.isfinite(float(gamma)):
-                why = ("no seed jammed" if not np.isfinite(n_j) else
-                       "no width above h_J has every seed converged" if not np.isfinite(n_c) else
+                why = ("no seed jammed" if not np.isfinite(n_j).any() else
+                       f"no width above h_J where {'the seed' if per else 'every seed'} converged"
+                       if not np.isfinite(n_c).any() else
                        f"fewer than 3 converged widths within N / N* - 1 <= {result.attrs['max_distance']:g}")
                 lines.append(f"{label}: no divergence fit ({why})")
             else:
+                brackets = ", ".join(f"({a:.0f}, {b:.0f}]" for a, b in zip(n_j, n_c) if np.isfinite(a + b))
                 lines.append(f"{label}: |f| ~ (N / N* - 1)^-gamma, gamma = {float(gamma):.3f} "
-                             f"[{float(r['gamma_low']):.3f}, {float(r['gamma_high']):.3f}] over {int(r['n'])} widths; "
-                             f"N* = {float(r['n_star']):.0f} in ({n_j:.0f}, {n_c:.0f}]; gamma with N* = N(h_J): "
+                             f"[{float(r['gamma_low']):.3f}, {float(r['gamma_high']):.3f}] over {int(r['n'])} points"
+                             + (f" of {int(np.isfinite(n_c).sum())} seeds, each with its own N* in " if per else
+                                "; N* in ") + f"{brackets}; gamma with N* = N(h_J): "
                              f"{float(r['gamma_at_jammed']):.3f}, with the geometric mean: {float(r['gamma_at_mid']):.3f}")
             if "lambda_exponent" in result:
                 b = float(r["lambda_exponent"])
@@ -180,7 +219,7 @@ class Divergence(Analysis):
                              f"(N_Delta < N): {int(np.isfinite(lam).sum())}; of these at a minimum of U (no "
                              f"eigenvalue of H < 0): {int((np.isfinite(lam) & (d == 0)).sum())}"
                              + ("" if result.attrs["minima_only"] else " (all are fitted: --no-minima-only)"))
-        if np.isfinite(float(result["pooled_gamma"])) and int(result["pooled_curves"]) > 1:
+        if np.isfinite(float(result["pooled_gamma"])) and result["gamma"].size > 1:
             lines.append(f"every curve: gamma = {float(result['pooled_gamma']):.3f} "
                          f"[{float(result['pooled_gamma_low']):.3f}, {float(result['pooled_gamma_high']):.3f}]")
         return lines
@@ -197,18 +236,24 @@ class Divergence(Analysis):
         for i, (sel, label, _) in enumerate(groups(result["gamma"], None)):
             color = PALETTE[i % len(PALETTE)]
             r = result.sel(sel)
-            x, y, used = r["distance"].values, r["f_norm"].values, r["used"].values.astype(bool)
-            keep = np.isfinite(x) & np.isfinite(y) & (x > 0)
-            norms.append(hv.Scatter((x[keep & used], y[keep & used]), "N / N* - 1", "|f|", label=f"{label}")
-                         .opts(color=color, **size))
-            if (keep & ~used).any():
-                norms.append(hv.Scatter((x[keep & ~used], y[keep & ~used]), "N / N* - 1", "|f|",
-                                        label=f"{label} (not fitted)").opts(color=color, **faint))
-            g, a = float(r["gamma"]), float(r["prefactor"])
-            if np.isfinite(g) and (keep & used).any():
-                xs = np.geomspace(x[keep & used].min(), x[keep & used].max(), 20)
-                norms.append(hv.Curve((xs, a * xs ** -g), "N / N* - 1", "|f|", label=f"gamma = {g:.2f}")
-                             .opts(**style(backend, color, "dashed")))
+            g = float(r["gamma"])
+            # one curve per seed where each seed has its own N*, else the mean over seeds
+            for k, (one, who, _) in enumerate(groups(r["prefactor"], None)):
+                c = r.sel(one)
+                x, y, used = c["distance"].values, c["f_norm"].values, c["used"].values.astype(bool)
+                keep = np.isfinite(x) & np.isfinite(y) & (x > 0)
+                name = label + (f", {who}" if who else "")
+                norms.append(hv.Scatter((x[keep & used], y[keep & used]), "N / N* - 1", "|f|", label=name)
+                             .opts(color=color, **size))
+                if (keep & ~used).any():
+                    norms.append(hv.Scatter((x[keep & ~used], y[keep & ~used]), "N / N* - 1", "|f|",
+                                            label=f"{name} (not fitted)").opts(color=color, **faint))
+                a = float(c["prefactor"])
+                if np.isfinite(g) and np.isfinite(a) and (keep & used).any():
+                    xs = np.geomspace(x[keep & used].min(), x[keep & used].max(), 20)
+                    norms.append(hv.Curve((xs, a * xs ** -g), "N / N* - 1", "|f|",
+                                          label=f"gamma = {g:.2f}" if k == 0 else f"{name}: fit")
+                                 .opts(**style(backend, color, "dashed")))
             if "lambda_scale" in r:
                 u, lam = r["energy"].values.ravel(), r["lambda_scale"].values.ravel()
                 fit_in = r["lambda_used"].values.ravel().astype(bool)
@@ -232,6 +277,14 @@ class Divergence(Analysis):
             panels.append(finish(hv.Overlay(scales), backend, "jammed side: the scale of H's flat directions",
                                  "U at the end", "lambda", logx=True, logy=True))
         return stack(panels, backend)
+
+
+def _curves(x: xr.DataArray, y: xr.DataArray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(x, y) along h for every point of y's other dims, in C order."""
+    rest = [d for d in y.dims if d != "h"]
+    x = x.broadcast_like(y).transpose(*rest, "h")
+    y = y.transpose(*rest, "h")
+    return [(x.values[idx], y.values[idx]) for idx in np.ndindex(*[y.sizes[d] for d in rest])]
 
 
 @dlphase.hookimpl

@@ -50,17 +50,20 @@ def power_law_fits(x, y, along: str, level: float = 0.95):
 def common_slope_fit(groups: list[tuple[np.ndarray, np.ndarray]], level: float = 0.95) -> dict[str, float]:
     """One exponent b for several curves y_g = A_g x^b (each its own prefactor), by least squares on
     (log x, log y) with one intercept per curve; the interval is Student t with n - 1 - (number of curves)
-    degrees of freedom. Curves with fewer than 2 usable points are left out."""
-    xs, ys, ids = [], [], []
-    for x, y in groups:
+    degrees of freedom. Curves with fewer than 2 usable points are left out (their prefactor A_g is NaN)."""
+    groups = list(groups)
+    xs, ys, ids, kept = [], [], [], []
+    for g, (x, y) in enumerate(groups):
         x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
         ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
         if ok.sum() >= 2 and len(np.unique(x[ok])) >= 2:
             xs.append(np.log(x[ok]))
             ys.append(np.log(y[ok]))
             ids.append(np.full(ok.sum(), len(ids)))
+            kept.append(g)
     n = int(sum(len(v) for v in xs))
-    out = {"exponent": math.nan, "low": math.nan, "high": math.nan, "n": n, "curves": len(xs)}
+    out = {"exponent": math.nan, "low": math.nan, "high": math.nan, "n": n, "curves": len(xs),
+           "prefactors": [math.nan] * len(groups)}
     dof = n - 1 - len(xs)
     if not xs or dof < 1:
         return out
@@ -73,6 +76,9 @@ def common_slope_fit(groups: list[tuple[np.ndarray, np.ndarray]], level: float =
 
     half = scipy.stats.t.ppf((1 + level) / 2, dof) * math.sqrt(cov[0, 0])
     out.update(exponent=float(coef[0]), low=float(coef[0] - half), high=float(coef[0] + half))
+    out["prefactors"] = [math.nan] * len(groups)
+    for k, g in enumerate(kept):
+        out["prefactors"][g] = float(np.exp(coef[1 + k]))
     return out
 
 
