@@ -36,10 +36,11 @@ def zero_mode_scale(eig_h: np.ndarray, rank_h0: float) -> float:
 
 @attrs.frozen(kw_only=True)
 class Divergence(Analysis):
-    """Per (alpha_tilde, P): the widths where a seed jammed (widest: h_J) and the first width above them where every
-    seed converged (h_C); N* between their N; the mean over seeds of |f| at the converged widths against
-    N / N* - 1 and its power law up to ``max_distance``. Where the cube holds dense Hessian spectra, each jammed
-    run's scale lambda (median |eigenvalue| of H over H0's flat directions) against its U, and lambda ~ U^b."""
+    """Per seed (``per_seed``) or for the mean over seeds, at each (alpha_tilde, P): the widest width where it jammed
+    (h_J) and the first width above where it converged (h_C), N* between their N, and |f| at the converged widths
+    against N / N* - 1, with one exponent gamma over the seeds' curves up to ``max_distance``. Where the cube holds
+    dense Hessian spectra: each jammed run's scale lambda (median |eigenvalue| of H over H0's flat directions)
+    against its U, and lambda ~ U^b over the runs at a minimum of U."""
 
     name: ClassVar[str] = "divergence"
     requires: ClassVar = ("f_norm", "n_delta", "n_params")
