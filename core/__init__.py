@@ -17,6 +17,7 @@ from .net import Net
 from .run import Run
 from .sweep import sweep
 from .cube import open_cube
+from . import accessor  # noqa: F401  (registers cube.dlphase on xarray Datasets)
 
 __all__ = [
     "AlphaModel", "Analysis", "Architecture", "Data", "DataError", "Dataset", "DlphaseError", "Dynamics",
