@@ -17,7 +17,7 @@ from dlphase.specs import probability
 
 from .ensemble import jammed_anywhere, too_few, usable
 from .jamming_plane import at_width, parameters
-from .stats import common_slope_fit, power_law_fit, power_law_fits
+from .stats import common_slope_fit, power_law_fit
 
 SPECTRUM = ("hess_eig_h", "hess_rank_h0", "hess_energy")
 
@@ -207,7 +207,8 @@ class Divergence(Analysis):
                              f"[{float(r['gamma_low']):.3f}, {float(r['gamma_high']):.3f}] over {int(r['n'])} points"
                              + (f" of {int(np.isfinite(n_c).sum())} seeds, each with its own N* in " if per else
                                 "; N* in ") + f"{brackets}; gamma with N* = N(h_J): "
-                             f"{float(r['gamma_at_jammed']):.3f}, with the geometric mean: {float(r['gamma_at_mid']):.3f}")
+                             f"{float(r['gamma_at_jammed']):.3f}, with the geometric mean: "
+                             f"{float(r['gamma_at_mid']):.3f}")
             if "lambda_exponent" in result:
                 b = float(r["lambda_exponent"])
                 if np.isfinite(b):

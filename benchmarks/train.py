@@ -196,7 +196,7 @@ def converge(label, at, activation, rules, args, ref=None):
         y = data.y_test.cpu().numpy()
         dist = np.sqrt(((f - tight) ** 2).mean(1) / (tight ** 2).mean(1))
         err, err_t = ((f * y) <= 0).mean(1), ((tight * y) <= 0).mean(1)
-        mean_f, mean_t = f.mean(0), tight.mean(0)
+        mean_f = f.mean(0)
         lo, hi = bootstrap(tight, lambda v: v.mean(0))
         fluct = lambda v: np.sqrt(((v - v.mean(0)) ** 2).mean())  # noqa: E731
         flo, fhi = bootstrap(tight, fluct)
@@ -256,7 +256,8 @@ def cnn(args):
     b = torch.randn(widest[1], h, dtype=x.dtype, device=x.device)
     gflops = 2 * widest[0] * widest[1] * h / timed(lambda: (a @ b, sync(args.device)), repeat=5) / 1e9
     floor = flops / gflops / 1e9
-    print(f"cnn h = {h}, depth {arch.depth}, {k} x {k} strides {list(arch.layer_strides())}, P = {len(x)}: one gradient "
+    print(f"cnn h = {h}, depth {arch.depth}, {k} x {k} strides {list(arch.layer_strides())}, P = {len(x)}: "
+          f"one gradient "
           f"{t_grad:.3f} s; its convolutions' {flops / 1e9:.2f} GFLOP at the {gflops:.1f} GFLOP/s of a "
           f"({widest[0]} x {widest[1]}) @ ({widest[1]} x {h}) product take {floor:.3f} s: {t_grad / floor:.1f}x the "
           f"floor (torch.func.vmap of F.conv2d: {t_vmap:.3f} s, {t_vmap / t_grad:.1f}x the hand-written pass)",

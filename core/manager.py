@@ -53,7 +53,8 @@ def read_registry() -> dict[str, Any]:
         if set(entry) != _ENTRY_KEYS:
             raise PluginError(f"registry.toml: plugin[{i}] must have exactly the keys {sorted(_ENTRY_KEYS)}")
         if entry["kind"] not in hookspecs.KINDS:
-            raise PluginError(f"registry.toml: plugin[{i}].kind {entry['kind']!r} is not one of {list(hookspecs.KINDS)}")
+            raise PluginError(f"registry.toml: plugin[{i}].kind {entry['kind']!r} is not one of "
+                              f"{list(hookspecs.KINDS)}")
     return reg
 
 

@@ -12,8 +12,9 @@ class TrainResult:
     """Why and when training stopped.
 
     ``status``: converged (every margin y f >= 1), early_stopped (the validation metric stopped
-    improving; ``t`` and ``steps`` are those of the best checkpoint when its parameters were restored), budget (max_steps, max_seconds or max_time
-    reached first), diverged (NaN or inf), failed (an exception; ``message`` holds it).
+    improving; ``t`` and ``steps`` are those of the best checkpoint when its parameters were restored), budget
+    (max_steps, max_seconds or max_time reached first), diverged (NaN or inf), failed (an exception; ``message``
+    holds it).
     ``steps``: accepted steps; ``rejected``: rejected trial steps; ``t``: flow time reached.
     """
 

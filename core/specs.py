@@ -92,11 +92,12 @@ class Grid:
 class RunOptions:
     """How each run executes: floating-point type and device. Not part of a run's identity but dtype."""
 
-    dtype: Literal["float64", "float32"] = param(default="float64", doc="float64 (default, as the reference) or float32")
+    dtype: Literal["float64", "float32"] = param(default="float64",
+                                                 doc="float64 (default, as the reference) or float32")
     device: str = param(default="cpu", doc="torch device: cpu, cuda, cuda:1, ...")
     ensemble: bool = param(default=True, doc="train the runs that share h and P (all seeds and alpha_tilde) as "
-                                             "batched ensembles (dynamics with train_ensemble: gradient_flow, gd, sgd); "
-                                             "results equal those of runs made alone")
+                                             "batched ensembles (dynamics with train_ensemble: gradient_flow, gd, "
+                                             "sgd); results equal those of runs made alone")
     batch_size: int | None = param(default=None, validator=positive,
                                    doc="at most this many runs per batch, the unit a worker trains and saves at once "
                                        "(default: up to 64, fewer for large h P); smaller batches keep more workers "

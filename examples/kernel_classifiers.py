@@ -1,8 +1,8 @@
-"""Test errors of the kernel classifiers on MNIST parity 10 PCA, P = 1000 (issue 5's comparison).
+"""Test errors of the kernel classifiers on MNIST parity 10 PCA, P = 1000: every kernel against every method.
 
 Every kernel (ntk_init, ntk_final, ntk_infinite, laplace and gaussian with the reference's swish fc net,
-h = 100; ntk_init and ntk_infinite of the same net with relu) under each kernel method (the kernel flow, svm, ridge), on the
-setting of examples/reference_point.toml with 2000 test points. ntk_final trains the net at
+h = 100; ntk_init and ntk_infinite of the same net with relu) under each kernel method (the kernel flow, svm,
+ridge), on the setting of examples/reference_point.toml with 2000 test points. ntk_final trains the net at
 alpha_tilde = 1e-2 (feature regime) first; the kernel flow gets 120 s of wall time.
 Usage: python examples/kernel_classifiers.py [--n-test 2000]
 """

@@ -79,7 +79,8 @@ def test_cnn_topology_errors(raw, fragment):
 
 
 def test_cnn_needs_images():
-    with pytest.raises(dlphase.SpecError, match="cnn takes images, but dataset.pca = 10 flattens them; set dataset.pca = 0"):
+    with pytest.raises(dlphase.SpecError,
+                       match="cnn takes images, but dataset.pca = 10 flattens them; set dataset.pca = 0"):
         dlphase.specs.build_spec({"architecture": {"name": "cnn"}, "grid": {"h": 4, "alpha_tilde": 1.0, "P": 10}})
     spec = dlphase.specs.build_spec({"architecture": {"name": "cnn"}, "dataset": {"pca": 0, "n_test": 50},
                                      "dynamics": {"max_steps": 30},

@@ -82,7 +82,8 @@ def test_plot_errors(tmp_path):
                        "does not exist")
     junk = write(tmp_path / "junk.nc", "not netcdf")
     assert_clean_error(run_cli_here("plot", "phase-diagram", junk, "-o", tmp_path / "p.html"), "cannot read")
-    assert_clean_error(run_cli_here("plot", "phase-diagram", junk, "-o", tmp_path / "p.pdf"), "must end in .html or .png")
+    assert_clean_error(run_cli_here("plot", "phase-diagram", junk, "-o", tmp_path / "p.pdf"),
+                       "must end in .html or .png")
     assert not (tmp_path / "p.html").exists()
 
 

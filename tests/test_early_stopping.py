@@ -104,7 +104,8 @@ def test_spec_errors_and_round_trip():
         random_spec("gradient_flow", "dynamics.early_stopping.patience=0")
     with pytest.raises(SpecError, match="n_validation"):
         raw = {"dataset": {"name": "mnist", "pca": 5, "n_test": 200},
-               "dynamics": {"early_stopping": {"n_validation": 4000}}, "grid": {"h": [4], "alpha_tilde": [1.0], "P": [1000]}}
+               "dynamics": {"early_stopping": {"n_validation": 4000}},
+               "grid": {"h": [4], "alpha_tilde": [1.0], "P": [1000]}}
         build_spec(raw)
 
 

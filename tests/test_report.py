@@ -2,7 +2,6 @@
 strings in a cube or a plugin render as text, run nothing and load nothing; a cube is only read."""
 
 import json
-import os
 import re
 import shutil
 import time

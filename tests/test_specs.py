@@ -45,9 +45,13 @@ def test_sections_default_from_registry():
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda r: r.update(extra={}), "unknown section [extra]; valid sections: dataset, architecture"),
-    (lambda r: r["dataset"].update(pcaa=3), "unknown key dataset.pcaa for dataset 'mnist'; valid keys: pca, whiten, center, normalize, labels, positive, n_test, n_kernel, seed, fit_on, data_dir"),
-    (lambda r: r["dataset"].update(name="imagenet"), "dataset.name: unknown dataset 'imagenet'; installed: cifar10, digits, fashion_mnist, kmnist, mnist, random"),
-    (lambda r: r["dynamics"].update(loss="hinge2"), "dynamics.loss.name: unknown loss 'hinge2'; installed: cross_entropy, hinge, mse"),
+    (lambda r: r["dataset"].update(pcaa=3), "unknown key dataset.pcaa for dataset 'mnist'; valid keys: pca, whiten, "
+                                            "center, normalize, labels, positive, n_test, n_kernel, seed, fit_on, "
+                                            "data_dir"),
+    (lambda r: r["dataset"].update(name="imagenet"), "dataset.name: unknown dataset 'imagenet'; installed: cifar10, "
+                                                     "digits, fashion_mnist, kmnist, mnist, random"),
+    (lambda r: r["dynamics"].update(loss="hinge2"), "dynamics.loss.name: unknown loss 'hinge2'; installed: "
+                                                    "cross_entropy, hinge, mse"),
     (lambda r: r["dynamics"].update(loss={"name": "soft_hinge", "gamma": 1}), "unknown key dynamics.loss.gamma"),
     (lambda r: r["grid"].update(h=[0, 4]), "grid.h = 0 is invalid; every value must be > 0"),
     (lambda r: r["grid"].update(h=[-3]), "grid.h = -3 is invalid"),
@@ -58,13 +62,15 @@ def test_sections_default_from_registry():
     (lambda r: r["dataset"].update(pca=10.7), "dataset.pca = 10.7 is invalid: expected int"),
     (lambda r: r["dataset"].update(pca="10"), "dataset.pca = '10' is invalid: expected int"),
     (lambda r: r["architecture"].update(bias=1), "architecture.bias = 1 is invalid: expected bool"),
-    (lambda r: r["architecture"].update(activation="gelu"), "architecture.activation = 'gelu' is invalid: expected 'swish' or 'relu' or 'tanh'"),
+    (lambda r: r["architecture"].update(activation="gelu"),
+     "architecture.activation = 'gelu' is invalid: expected 'swish' or 'relu' or 'tanh'"),
     (lambda r: r["architecture"].update(depth=0), "architecture.depth must be > 0, got 0"),
     (lambda r: r["dynamics"].update(kernel_refresh=-0.1), "dynamics.kernel_refresh must be >= 0, got -0.1"),
     (lambda r: r["observables"].update(names=["errors", "nope"]), "unknown observable 'nope'"),
     (lambda r: r["observables"].update(errors={"x": 1}, names=["errors"]), "unknown key observables.errors.x"),
     (lambda r: r["observables"].update(other={}), "unknown key observables.other"),
-    (lambda r: r["run"].update(dtype="float16") if "run" in r else r.update(run={"dtype": "float16"}), "run.dtype = 'float16' is invalid"),
+    (lambda r: r["run"].update(dtype="float16") if "run" in r else r.update(run={"dtype": "float16"}),
+     "run.dtype = 'float16' is invalid"),
     (lambda r: r.update(run={"device": "tpu"}), "device 'tpu' is not a torch device"),
     (lambda r: r.pop("grid"), "no [grid] section"),
     (lambda r: r["grid"].pop("P"), "grid: missing required key(s) P"),

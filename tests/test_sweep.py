@@ -2,7 +2,6 @@
 Kills at random moments are in test_kills.py."""
 
 import contextlib
-import os
 import shutil
 import signal
 import subprocess
@@ -270,7 +269,8 @@ def test_process_workers_give_the_same_cube(tiny_spec, tmp_path):
     assert_same_results(one, two)
 
 
-OOM_KILLER = """\"\"\"A plugin whose observable kills its own process, as the kernel's OOM killer does, at one grid point.\"\"\"
+OOM_KILLER = """\"\"\"A plugin whose observable kills its own process, as the kernel's OOM killer does, at one grid
+point.\"\"\"
 
 import json
 import os
