@@ -15,7 +15,8 @@ from .html import write_html
 from .run import table_groups
 
 #: the order of the page; other registered analyses (third-party ones) follow
-ORDER = ("phase_diagram", "double_descent", "ensemble", "fluctuation_scaling", "learning_curve")
+ORDER = ("phase_diagram", "double_descent", "divergence", "jamming_plane", "ensemble", "fluctuation_scaling",
+         "learning_curve")
 
 
 def _table_html(result: xr.Dataset, max_rows: int = 40) -> str:

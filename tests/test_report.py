@@ -63,14 +63,14 @@ def test_report_renders_in_headless_chromium(tmp_path, browser):
     out = tmp_path / "report.html"
     res = run_cli("report", cube, "-o", out)
     assert res.returncode == 0, res.stderr
-    assert "phase_diagram, double_descent, ensemble, fluctuation_scaling" in res.stdout
+    assert "phase_diagram, double_descent, divergence, ensemble, fluctuation_scaling" in res.stdout
     page = out.read_text()
     assert "<script" in page and "cdn.bokeh.org" not in page  # self-contained: Bokeh inline, no network
     assert "fluctuation: N^-0.2" in page and "[grid]" in page and "learning_curve" in page  # skipped, and why
 
     browser.get(Path(out).as_uri())
     n_plots = int(browser.title.split(": ")[1].split()[0])
-    assert n_plots >= 6  # 2 heatmaps, 2 double-descent panels, 1 ensemble, 2 fluctuation panels
+    assert n_plots >= 7  # 2 heatmaps, 2 double-descent panels, 1 divergence, 1 ensemble, 2 fluctuation panels
 
     def drawn(driver):
         canvases = driver.execute_script(CANVASES_JS)
