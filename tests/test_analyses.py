@@ -170,7 +170,7 @@ def test_analyze_and_plot_commands(tmp_path):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["analyze", "nope", "CUBE"], "unknown analysis 'nope'; installed: crossover, double-descent"),
+    (["analyze", "nope", "CUBE"], "unknown analysis 'nope'; installed: crossover, divergence, double-descent"),
     (["analyze", "learning-curve", "CUBE"], "does not apply to this cube: the cube has fewer than 3 values of P"),
     (["analyze", "ensemble", "CUBE", "--level", "2"], "analysis.level = 2.0 must be between 0 and 1"),
     (["analyze", "ensemble", "CUBE", "--over", "h2"], "cannot average over 'h2'"),

@@ -88,6 +88,6 @@ def test_plot_errors(tmp_path):
 
 
 def test_missing_subcommand():
-    assert_clean_error(run_cli("plot"), "`dlphase plot` needs a command: crossover, double-descent, ensemble, "
-                                        "fluctuation-scaling, hessian-spectrum, learning-curve, ntk-fluctuations, "
-                                        "phase-diagram, stripe")
+    assert_clean_error(run_cli("plot"), "`dlphase plot` needs a command: crossover, divergence, double-descent, "
+                                        "ensemble, fluctuation-scaling, hessian-spectrum, jamming-plane, "
+                                        "learning-curve, ntk-fluctuations, phase-diagram, stripe")

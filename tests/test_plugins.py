@@ -94,7 +94,7 @@ def test_cli_plugins_lists_kinds_names_and_parameters():
     assert kinds == {"dataset", "architecture", "dynamics", "loss", "observable", "analysis"}
     analyses = {i["name"] for i in items if i["kind"] == "analysis"}
     assert analyses == {"phase_diagram", "ensemble", "fluctuation_scaling", "double_descent", "learning_curve",
-                        "stripe", "crossover", "ntk_fluctuations"}
+                        "stripe", "crossover", "ntk_fluctuations", "jamming_plane", "divergence"}
     datasets = {i["name"]: i for i in items if i["kind"] == "dataset"}
     assert set(datasets) == {"mnist", "fashion_mnist", "kmnist", "cifar10", "digits", "stripe", "random", "teacher"}
     mnist = datasets["mnist"]
