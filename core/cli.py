@@ -1,4 +1,5 @@
-"""The ``dlphase`` command line: run, sweep, jamming, kernel, plugins, analyze, plot, report.
+"""The ``dlphase`` command line: run, sweep, plugins, analyze, plot, report, and the commands plugins add
+(``register_commands``: the built-in jamming, kernel and plot hessian-spectrum among them).
 
 Bad input (a spec, a path, a name) gives one line ``error: ...`` on stderr and exit status 2, with no
 traceback and no output file.
@@ -52,18 +53,18 @@ class Group(click.Group):
             sys.exit(rv)
 
 
-def _spec(path: str, overrides: tuple[str, ...]):
+def spec_from(path: str, overrides: tuple[str, ...]):
     from .specs import load_spec
 
     return load_spec(path, overrides)
 
 
-def _check_suffix(path: str, allowed: tuple[str, ...]) -> None:
+def check_suffix(path: str, allowed: tuple[str, ...]) -> None:
     if Path(path).suffix.lower() not in allowed:
         raise DlphaseError(f"output {path!r} must end in {' or '.join(allowed)}")
 
 
-def _one_point(spec, command: str):
+def one_point(spec, command: str):
     """The spec's grid points, which must be one."""
     points = spec.grid.points()
     if len(points) != 1:
@@ -73,7 +74,7 @@ def _one_point(spec, command: str):
     return points
 
 
-def _cluster_options(command):
+def cluster_options(command):
     """--scheduler and --cluster: where the runs execute (dlphase.cluster)."""
     command = click.option("--cluster", default=None, type=click.Choice(["local", "slurm", "pbs", "sge"]),
                            help="start a dask cluster: local (--workers processes here), or batch jobs on slurm, "
@@ -84,7 +85,7 @@ def _cluster_options(command):
                         help="run on the workers of this dask scheduler")(command)
 
 
-def _with_cluster_config(spec, path):
+def with_cluster_config(spec, path):
     """The spec with the [cluster] settings of ``path`` (when given)."""
     import attrs
 
@@ -93,7 +94,39 @@ def _with_cluster_config(spec, path):
     return spec if path is None else attrs.evolve(spec, cluster=load_cluster_settings(path))
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+class Main(Group):
+    """The root group: its own commands, then those plugins add through the ``register_commands`` hook (loaded
+    the first time a command is looked up that is not its own, or the commands are listed)."""
+
+    plugins_loaded = False
+
+    def load_plugin_commands(self) -> None:
+        if not self.plugins_loaded:
+            self.plugins_loaded = True
+            from .manager import get_manager
+
+            get_manager().register_commands(self)
+
+    def list_commands(self, ctx):
+        self.load_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is None and not self.plugins_loaded:
+            self.load_plugin_commands()
+            command = super().get_command(ctx, name)
+        return command
+
+
+def plugin_commands_of(ctx) -> None:
+    """Load the plugins' commands of the root group (a subgroup's plugin commands are added there)."""
+    root = ctx.find_root().command if ctx is not None else None
+    if isinstance(root, Main):
+        root.load_plugin_commands()
+
+
+@click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dlphase")
 def main():
     """dlphase: phase diagrams, jamming and lazy vs feature learning of deep nets."""
@@ -116,9 +149,9 @@ def run(spec_path, output, overrides):
     from .cube import check_writable, combine, write_atomic
     from .run import execute
 
-    _check_suffix(output, (".nc",))
-    spec = _spec(spec_path, overrides)
-    points = _one_point(spec, "dlphase run")
+    check_suffix(output, (".nc",))
+    spec = spec_from(spec_path, overrides)
+    points = one_point(spec, "dlphase run")
     check_writable(output, "output")
     ds = execute(spec, points[0])
     write_atomic(combine([ds], spec), output)
@@ -138,7 +171,7 @@ def run(spec_path, output, overrides):
               help="runs in parallel, each in its own process with cores/workers torch threads")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--retry-failed", is_flag=True, help="run again the points whose saved status is failed")
-@_cluster_options
+@cluster_options
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 def sweep(spec_path, output, workers, overrides, retry_failed, scheduler, cluster, cluster_config, quiet):
     """Run the Cartesian product of [grid], resumably, and combine it into CUBE.nc."""
@@ -147,83 +180,14 @@ def sweep(spec_path, output, workers, overrides, retry_failed, scheduler, cluste
 
     from .cube import check_writable
 
-    _check_suffix(output, (".nc",))
-    spec = _with_cluster_config(_spec(spec_path, overrides), cluster_config)
+    check_suffix(output, (".nc",))
+    spec = with_cluster_config(spec_from(spec_path, overrides), cluster_config)
     check_writable(output, "output")  # before a cluster starts
     with dask_executor(scheduler, cluster, workers, spec.cluster) as executor:
         cube = run_sweep(spec, output, workers=workers, executor=executor, retry_failed=retry_failed,
                          progress=not quiet)
     counts = {s: int((cube["status"] == s).sum()) for s in STATUSES}
     click.echo(", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" -> {output}")
-
-
-@main.command()
-@click.argument("spec_path", metavar="SPEC.toml")
-@click.option("-o", "--output", required=True, metavar="K.nc",
-              help="where to write the kernel set and its Gram matrices")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--trained", is_flag=True, help="also train the point and store the NTK at the end (ntk_end)")
-def kernel(spec_path, output, overrides, trained):
-    """Export one grid point's kernel set: inputs, labels, the empirical NTK at init (and, with --trained, at
-    the end) and the infinite-width NTK and NNGP where the architecture has them."""
-    from .cube import check_writable, write_atomic
-    from .kernel_export import kernel_dataset
-
-    _check_suffix(output, (".nc",))
-    spec = _spec(spec_path, overrides)
-    _one_point(spec, "dlphase kernel")
-    check_writable(output, "output")
-    ds = kernel_dataset(spec, trained=trained)
-    write_atomic(ds, output)
-    names = [k for k in ("ntk_init", "ntk_end", "ntk_infinite", "nngp_infinite") if k in ds]
-    click.echo(f"{ds.sizes['kernel_i']} kernel points, {', '.join(names)} -> {output}")
-
-
-@main.command()
-@click.argument("spec_path", metavar="SPEC.toml")
-@click.option("-o", "--output", required=True, metavar="LINE.nc",
-              help="the line and every run of the search; finished runs go to LINE.runs/")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--h-max", type=click.IntRange(min=1), default=None,
-              help="largest width to try (default: 8 times the grid's largest)")
-@click.option("--resolution", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="stop bisecting when the gap is at most resolution * h (0: consecutive widths)")
-@click.option("--spectrum/--no-spectrum", default=True, show_default=True,
-              help="add the hessian_spectrum observable, so that the spectrum at h* is stored")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
-              help="runs in parallel, each in its own process with cores/workers torch threads")
-@_cluster_options
-@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
-def jamming(spec_path, output, overrides, h_max, resolution, spectrum, workers, scheduler, cluster, cluster_config,
-            quiet):
-    """Find the jamming line h*(alpha_tilde): at each alpha_tilde and P of the grid, scan the grid's widths, then
-    bisect, for the largest h at which every seed ends with N_Delta > 0. Stores N_Delta / N and the Hessian
-    spectrum there, and the training budget the line depends on."""
-    import numpy as np
-
-    from .cluster import dask_executor
-    from .cube import check_writable
-    from .jamming import find_jamming_line
-
-    _check_suffix(output, (".nc",))
-    spec = _with_cluster_config(_spec(spec_path, overrides), cluster_config)
-    check_writable(output, "line")  # before a cluster starts
-    with dask_executor(scheduler, cluster, workers, spec.cluster) as executor:
-        line = find_jamming_line(spec, output, h_max=h_max, resolution=resolution, spectrum=spectrum,
-                                 workers=workers, executor=executor, progress=not quiet)
-    for a in line["alpha_tilde"].values:
-        for P in line["P"].values:
-            pt = line.sel(alpha_tilde=a, P=P)
-            text = f"alpha_tilde={a:g} P={P}: "
-            if np.isfinite(pt["h_star"]):
-                text += (f"h* = {int(pt['h_star'])} (N = {int(pt['n_params_star'])}, N_Delta/N = "
-                         f"{float(pt['n_delta_over_n_star'].mean()):.3f})")
-                if np.isfinite(pt["h_next"]):
-                    text += f", next width {int(pt['h_next'])}"
-            if pt["jamming_outcome"].item() != "found":
-                text += f" [{pt['jamming_outcome'].item()}]"
-            click.echo(text)
-    click.echo(f"{int((line['status'] != '').sum())} runs -> {output}")
 
 
 @main.command()
@@ -292,10 +256,12 @@ class AnalysisGroup(Group):
     def list_commands(self, ctx):
         from .manager import get_manager
 
+        plugin_commands_of(ctx)
         names = {n.replace("_", "-") for n in get_manager().names("analysis")}
         return sorted(set(super().list_commands(ctx)) | names)
 
     def get_command(self, ctx, name):
+        plugin_commands_of(ctx)
         command = super().get_command(ctx, name)
         if command is not None:
             return command
@@ -327,7 +293,7 @@ def _analyze_command(name: str, cls) -> click.Command:
         from .cube import check_writable, open_cube, write_atomic
 
         if output is not None:
-            _check_suffix(output, (".nc",))
+            check_suffix(output, (".nc",))
             check_writable(output, "result")
         analysis, result = analyze(open_cube(cube_path), name, **options)
         if output is not None:
@@ -349,7 +315,7 @@ def _plot_command(name: str, cls) -> click.Command:
 
         from .cube import check_writable, open_cube
 
-        _check_suffix(output, (".html", ".png"))
+        check_suffix(output, (".html", ".png"))
         check_writable(output, "plot")
         analysis, result = analyze(open_cube(cube_path), name, **options)
         save_plot(analysis, result, output)
@@ -384,32 +350,12 @@ def plot_phase_diagram(cube_path, output, P, line_path):
     from .jamming import open_line
     from dlphase.analyses.phase_diagram import save_phase_diagram
 
-    _check_suffix(output, (".html", ".png"))
+    check_suffix(output, (".html", ".png"))
     check_writable(output, "plot")
     cube = open_cube(cube_path)
     line = open_line(line_path) if line_path else None
     save_phase_diagram(cube, output, P=P, line=line)
     click.echo(f"phase diagram -> {output}")
-
-
-@plot.command("hessian-spectrum")
-@click.argument("cube_path", metavar="CUBE.nc")
-@click.option("-o", "--output", required=True, metavar="FILE.html|FILE.png")
-@click.option("--matrix", type=click.Choice(["h0", "h", "hp"]), default="h0", show_default=True)
-@click.option("--h", "h", type=int, default=None, help="which width (needed when the cube holds several)")
-@click.option("--alpha-tilde", "alpha_tilde", type=float, default=None)
-@click.option("--P", "P", type=int, default=None)
-@click.option("--seed", type=int, default=None)
-def plot_hessian_spectrum(cube_path, output, matrix, h, alpha_tilde, P, seed):
-    """Histogram of log10 |eigenvalue| of H0 (or H, Hp) for one run: the delta peak, gap and continuum at jamming."""
-    from .cube import check_writable, open_cube
-    from dlphase.analyses.hessian_spectrum import save_hessian_spectrum
-
-    _check_suffix(output, (".html", ".png"))
-    check_writable(output, "plot")
-    cube = open_cube(cube_path)
-    save_hessian_spectrum(cube, output, matrix, h=h, alpha_tilde=alpha_tilde, P=P, seed=seed)
-    click.echo(f"{matrix} spectrum -> {output}")
 
 
 @main.command()
@@ -422,7 +368,7 @@ def report(cube_path, output):
 
     from .cube import check_writable, open_cube
 
-    _check_suffix(output, (".html",))
+    check_suffix(output, (".html",))
     check_writable(output, "report")
     done = write_report(open_cube(cube_path), output, source=cube_path)
     click.echo(f"{len(done)} analyses ({', '.join(done)}) -> {output}")

@@ -51,6 +51,13 @@ def register_analyses(register):
     ``register(cls)``."""
 
 
+@hookspec
+def register_commands(cli):
+    """Add commands to the ``dlphase`` command line: ``cli`` is its top-level click group, and
+    ``cli.commands["plot"]`` the ``plot`` group. Call ``cli.add_command(command)`` with a click command. A name
+    that is already taken keeps its command (a warning names the clash)."""
+
+
 #: kind name -> hook name; the order is the order of ``dlphase plugins``.
 KINDS = {
     "dataset": "register_datasets",

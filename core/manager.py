@@ -46,7 +46,7 @@ def read_registry() -> dict[str, Any]:
     """Parse the built-in registry (``registry.toml``, shipped as package data)."""
     text = importlib.resources.files("dlphase.plugins").joinpath("registry.toml").read_text()
     reg = tomllib.loads(text)
-    unknown = set(reg) - {"defaults", "plugin"}
+    unknown = set(reg) - {"defaults", "plugin", "commands"}
     if unknown:
         raise PluginError(f"registry.toml: unknown section(s) {sorted(unknown)}")
     for i, entry in enumerate(reg.get("plugin", [])):
@@ -55,6 +55,9 @@ def read_registry() -> dict[str, Any]:
         if entry["kind"] not in hookspecs.KINDS:
             raise PluginError(f"registry.toml: plugin[{i}].kind {entry['kind']!r} is not one of "
                               f"{list(hookspecs.KINDS)}")
+    for i, entry in enumerate(reg.get("commands", [])):
+        if set(entry) != {"object", "description"}:
+            raise PluginError(f"registry.toml: commands[{i}] must have exactly the keys ['description', 'object']")
     return reg
 
 
@@ -84,7 +87,7 @@ class PluginManager:
 
     # -- loading -------------------------------------------------------------------------------
     def _load_builtins(self) -> None:
-        for entry in self.registry.get("plugin", []):
+        for entry in self.registry.get("plugin", []) + self.registry.get("commands", []):
             module_name = entry["object"].split(":")[0]
             try:
                 module = importlib.import_module(module_name)
@@ -117,6 +120,31 @@ class PluginManager:
         self.pm.unregister(plugin)
         self._origins.pop(id(plugin), None)
         self._table = None
+
+    def register_commands(self, cli) -> None:
+        """Let every plugin add its commands to the click group ``cli`` (the ``register_commands`` hook). A plugin
+        that fails, or takes a name already taken, gives a warning; the commands already there stay."""
+        import click
+
+        for impl in reversed(self.pm.hook.register_commands.get_hookimpls()):
+            origin = self._origins.get(id(impl.plugin), impl.plugin_name)
+            groups = [cli] + [g for g in cli.commands.values() if isinstance(g, click.Group)]
+            before = {id(g): dict(g.commands) for g in groups}
+            try:
+                impl.function(cli)
+            except Exception as exc:
+                warnings.warn(f"dlphase: plugin {impl.plugin_name!r} ({origin}) failed to register its commands "
+                              f"({type(exc).__name__}: {exc}); they are skipped", PluginWarning, stacklevel=2)
+                for g in groups:
+                    g.commands.clear()
+                    g.commands.update(before[id(g)])
+                continue
+            for g in groups:
+                for name, command in before[id(g)].items():
+                    if g.commands.get(name) is not command:
+                        warnings.warn(f"dlphase: command {name!r} from {origin} clashes with one already there; "
+                                      f"keeping that one", PluginWarning, stacklevel=2)
+                        g.commands[name] = command
 
     # -- the table of registered classes -----------------------------------------------------------
     def _collect(self) -> dict[str, dict[str, Registered]]:
