@@ -46,12 +46,10 @@ def test_a_plugin_adds_commands_and_cannot_replace_built_ins(tmp_path, monkeypat
     assert "command 'sweep' from dlphase-hello clashes with one already there; keeping that one" in res.stderr
     res = run_cli("plot", "margins", "-o", "m.png")
     assert res.returncode == 0 and res.stdout == "margins -> m.png\n", res.stderr
-    res = run_cli("--help")
-    assert "hello" in res.stdout and "jamming" in res.stdout and "kernel" in res.stdout
-    res = run_cli("sweep", "--help")
-    assert "SPEC.toml" in res.stdout  # the built-in sweep stayed
     res = run_cli("plot", "--help")
     assert "hessian-spectrum" in res.stdout and "margins" in res.stdout
+    res = run_cli("sweep", "--help")
+    assert "SPEC.toml" in res.stdout  # the built-in sweep stayed
 
 
 def test_a_failing_command_plugin_is_skipped_with_a_warning(tmp_path, monkeypatch):

@@ -1,13 +1,38 @@
-"""A newcomer's path, in the README's order: its spec runs as written (on a smaller grid), the spec page and the
-plugin page it points to exist, the plugin package it names sweeps, and the sweep's report is written."""
+"""A newcomer's path, in the README's order: its spec runs as written (on a smaller grid), the docs pages it names
+exist, the example plugin package it names is listed and sweeps (its observable measured, its analysis run), and
+the sweep's report is written."""
 
+import json
 import re
 from pathlib import Path
 
+import xarray as xr
+
 from tests.conftest import install_package, run_cli, write
-from tests.test_plugin_package import SPEC as BLOBS_SPEC
 
 ROOT = Path(__file__).parent.parent
+BLOBS_SPEC = """
+[dataset]
+name = "blobs"
+d = 4
+
+[architecture]
+name = "fc"
+depth = 1
+
+[dynamics]
+name = "gradient_flow"
+max_steps = 3000
+
+[observables]
+names = ["errors", "margins"]
+
+[grid]
+h = [4, 16]
+alpha_tilde = [1.0]
+P = [40]
+seed = [0, 1]
+"""
 
 
 def test_the_readme_path_from_spec_to_plugin_to_report(tmp_path, monkeypatch):
@@ -24,8 +49,17 @@ def test_the_readme_path_from_spec_to_plugin_to_report(tmp_path, monkeypatch):
     # the plugin the README points to, installed through its entry point, then a sweep with it and its report
     install_package(tmp_path, monkeypatch, "dlphase_blobs",
                     (ROOT / "examples" / "plugin_package" / "dlphase_blobs.py").read_text())
+    res = run_cli("plugins", "--json")
+    assert res.returncode == 0, res.stderr
+    listed = {(p["kind"], p["name"]): p["origin"] for p in json.loads(res.stdout)}
+    for key in (("dataset", "blobs"), ("observable", "margins"), ("analysis", "margin_spread")):
+        assert listed[key] == "dlphase-blobs"
     res = run_cli("sweep", write(tmp_path / "blobs.toml", BLOBS_SPEC), "-o", tmp_path / "blobs.nc", "-q")
     assert res.returncode == 0, res.stderr
+    cube = xr.open_dataset(tmp_path / "blobs.nc")
+    # the observable's smallest margin is >= 1 exactly where the run converged (every y f >= 1)
+    assert ((cube["margin_min"] >= 1) == (cube["status"] == "converged")).all()
+    assert (cube["margin_spread"] > 0).all()
     res = run_cli("report", tmp_path / "blobs.nc", "-o", tmp_path / "report.html")
     assert res.returncode == 0, res.stderr
     assert "margin_spread" in res.stdout and (tmp_path / "report.html").stat().st_size > 10000
