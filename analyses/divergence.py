@@ -22,16 +22,18 @@ from .stats import common_slope_fit, power_law_fit
 SPECTRUM = ("hess_eig_h", "hess_rank_h0", "hess_energy")
 
 
-def zero_mode_scale(eig_h: np.ndarray, rank_h0: float) -> float:
-    """lambda of one run: the median |eigenvalue| of H over its N - rank(H0) eigenvalues of smallest modulus,
-    the directions H0 leaves flat, where H = Hp and Hp ~ Delta ~ sqrt(U); NaN when H0 has full rank."""
+def zero_mode_scale(eig_h: np.ndarray, rank_h0: float, zero_tol: float = 1e-9) -> float:
+    """lambda of one run: the median |eigenvalue| of H over the directions H0 leaves flat (its N - rank(H0)
+    eigenvalues of smallest modulus) that Hp = sum Delta Hess Delta lifts, whose size is set by Delta ~ sqrt(U);
+    the ones within zero_tol max |eigenvalue| of 0, which Hp leaves flat too, do not count. NaN when H0 has full
+    rank or nothing is lifted."""
     e = np.abs(eig_h[np.isfinite(eig_h)])
-    if not np.isfinite(rank_h0):
+    if not np.isfinite(rank_h0) or not len(e):
         return math.nan
     k = len(e) - int(rank_h0)
-    if k < 1:
-        return math.nan
-    return float(np.median(np.sort(e)[:k]))
+    lifted = np.sort(e)[:max(k, 0)]
+    lifted = lifted[lifted > zero_tol * e.max()]
+    return float(np.median(lifted)) if len(lifted) else math.nan
 
 
 @attrs.frozen(kw_only=True)
@@ -55,6 +57,8 @@ class Divergence(Analysis):
     per_seed: bool = param(default=True, doc="each seed's own transition (its widest jammed and first converged "
                                              "width) and its own |f|, one exponent for the seeds; else N* from every "
                                              "seed together and the mean |f| over seeds")
+    zero_tol: float = param(default=1e-9, doc="eigenvalues of H within zero_tol max |eigenvalue| of 0 are flat, "
+                                              "not lifted by Hp: they do not count in lambda")
     minima_only: bool = param(default=True, doc="fit lambda over the jammed runs that reached a minimum of U only "
                                                 "(elsewhere Hp's negative directions are not lifted zero modes)")
 
@@ -151,18 +155,21 @@ class Divergence(Analysis):
         grid = [d for d in cube["hess_rank_h0"].dims]
         eig = cube["hess_eig_h"].transpose(*grid, "hess_eig").values
         rank = cube["hess_rank_h0"].transpose(*grid).values
-        jammed = ((cube["n_delta"] > 0) & ok).transpose(*grid).values
+        # the hypostatic side: jammed with fewer unsatisfied points than parameters (deeper, N_Delta >= N, the
+        # directions H0 leaves flat are the net's near-symmetries)
+        n = cube["n_params"].broadcast_like(cube["n_delta"])
+        jammed = ((cube["n_delta"] > 0) & (cube["n_delta"] < n) & ok).transpose(*grid).values
         lam = np.full(rank.shape, np.nan)
         descent = np.full(rank.shape, np.nan)
         for idx in np.ndindex(*rank.shape):
             e = eig[idx][np.isfinite(eig[idx])]
             if jammed[idx] and len(e):
-                lam[idx] = zero_mode_scale(e, rank[idx])
+                lam[idx] = zero_mode_scale(e, rank[idx], self.zero_tol)
                 descent[idx] = int((e < -self.minimum_tol * np.abs(e).max()).sum())
         coords = {d: cube[d] for d in grid}
         out["lambda_scale"] = xr.DataArray(lam, dims=grid, coords=coords, attrs={
-            "long_name": "lambda: median |eigenvalue| of H over the N - rank(H0) of smallest modulus (jammed runs "
-                         "with N_Delta < N)"})
+            "long_name": "lambda: median |eigenvalue| of H over the N - rank(H0) of smallest modulus that Hp lifts "
+                         "(jammed runs with N_Delta < N)"})
         out["descent_directions"] = xr.DataArray(descent, dims=grid, coords=coords, attrs={
             "long_name": f"eigenvalues of H below -{self.minimum_tol:g} max |eigenvalue| (jammed runs): 0 at a "
                          "minimum of U"})
@@ -217,9 +224,9 @@ class Divergence(Analysis):
                 else:
                     lines.append("  jammed side: fewer than 3 runs for the fit of lambda against U")
                 d, lam = r["descent_directions"].values, r["lambda_scale"].values
-                lines.append(f"  jammed runs with a dense spectrum: {int(np.isfinite(d).sum())}; with flat directions "
-                             f"(N_Delta < N): {int(np.isfinite(lam).sum())}; of these at a minimum of U (no "
-                             f"eigenvalue of H < 0): {int((np.isfinite(lam) & (d == 0)).sum())}"
+                lines.append(f"  jammed runs with N_Delta < N and a dense spectrum: {int(np.isfinite(d).sum())}; with "
+                             f"flat directions that Hp lifts: {int(np.isfinite(lam).sum())}; of these at a minimum "
+                             f"of U (no eigenvalue of H < 0): {int((np.isfinite(lam) & (d == 0)).sum())}"
                              + ("" if result.attrs["minima_only"] else " (all are fitted: --no-minima-only)"))
         if np.isfinite(float(result["pooled_gamma"])) and result["gamma"].size > 1:
             lines.append(f"every curve: gamma = {float(result['pooled_gamma']):.3f} "

@@ -121,6 +121,9 @@ def test_zero_mode_scale_is_the_median_of_the_flat_directions():
     eig = np.array([-1e-3, 2e-3, 3e-3, 50.0, 80.0, np.nan])
     assert zero_mode_scale(eig, rank_h0=2) == pytest.approx(2e-3)
     assert np.isnan(zero_mode_scale(eig, rank_h0=5))
+    # eigenvalues at 0 (within zero_tol of the largest) are directions Hp leaves flat too: they do not count
+    flat = np.array([1e-17, -2e-16, 1e-3, 3e-3, 50.0, 80.0])
+    assert zero_mode_scale(flat, rank_h0=2) == pytest.approx(2e-3)
 
 
 def test_divergence_recovers_gamma_and_the_sqrt_u_scale():
@@ -147,7 +150,8 @@ def test_divergence_recovers_gamma_and_the_sqrt_u_scale():
     lines = Divergence(max_distance=100, per_seed=False).summary(result)
     assert "gamma = 1.4" in lines[0] and "over 7 points; N* in (264, 336]" in lines[0]
     assert "lambda ~ U^0.50" in lines[1]
-    assert "with flat directions (N_Delta < N): 20; of these at a minimum of U (no eigenvalue of H < 0): 19" in lines[2]
+    assert "with flat directions that Hp lifts: 20; of these at a minimum of U (no eigenvalue of H < 0): 19" \
+        in lines[2]
 
 
 def test_divergence_per_seed_finds_each_seeds_transition():
