@@ -16,7 +16,7 @@ from dlphase import Analysis, param
 from dlphase.specs import probability
 
 from .ensemble import jammed_anywhere, too_few, usable
-from .jamming_plane import at_width, parameters
+from .jamming_plane import at_width, descent_directions, parameters
 from .stats import common_slope_fit, power_law_fit
 
 SPECTRUM = ("hess_eig_h", "hess_rank_h0", "hess_energy")
@@ -158,21 +158,20 @@ class Divergence(Analysis):
         # the hypostatic side: jammed with fewer unsatisfied points than parameters (deeper, N_Delta >= N, the
         # directions H0 leaves flat are the net's near-symmetries)
         n = cube["n_params"].broadcast_like(cube["n_delta"])
-        jammed = ((cube["n_delta"] > 0) & (cube["n_delta"] < n) & ok).transpose(*grid).values
+        jammed = ((cube["n_delta"] > 0) & (cube["n_delta"] < n) & ok).transpose(*grid)
         lam = np.full(rank.shape, np.nan)
-        descent = np.full(rank.shape, np.nan)
         for idx in np.ndindex(*rank.shape):
             e = eig[idx][np.isfinite(eig[idx])]
-            if jammed[idx] and len(e):
+            if jammed.values[idx] and len(e):
                 lam[idx] = zero_mode_scale(e, rank[idx], self.zero_tol)
-                descent[idx] = int((e < -self.minimum_tol * np.abs(e).max()).sum())
         coords = {d: cube[d] for d in grid}
         out["lambda_scale"] = xr.DataArray(lam, dims=grid, coords=coords, attrs={
             "long_name": "lambda: median |eigenvalue| of H over the N - rank(H0) of smallest modulus that Hp lifts "
                          "(jammed runs with N_Delta < N)"})
-        out["descent_directions"] = xr.DataArray(descent, dims=grid, coords=coords, attrs={
-            "long_name": f"eigenvalues of H below -{self.minimum_tol:g} max |eigenvalue| (jammed runs): 0 at a "
-                         "minimum of U"})
+        descent = descent_directions(cube["hess_eig_h"], self.minimum_tol).where(jammed).transpose(*grid)
+        out["descent_directions"] = descent.assign_attrs(
+            long_name=f"eigenvalues of H below -{self.minimum_tol:g} max |eigenvalue| (jammed runs): 0 at a minimum "
+                      "of U")
         fitted = out["lambda_scale"].notnull() & ((out["descent_directions"] == 0) | (not self.minima_only))
         out["lambda_used"] = fitted.assign_attrs(long_name="jammed runs in the fit of lambda against U")
         out["energy"] = cube["hess_energy"].where(out["lambda_scale"].notnull()).assign_attrs(

@@ -41,6 +41,13 @@ def at_width(da: xr.DataArray, cube: xr.Dataset, width: xr.DataArray) -> xr.Data
     return da.where(cube["h"] == width).max("h")
 
 
+def descent_directions(eig: xr.DataArray, tol: float) -> xr.DataArray:
+    """How many eigenvalues of H (``eig``, dim hess_eig) lie below -tol max |eigenvalue|: 0 at a minimum of U; NaN
+    where there is no spectrum."""
+    scale = np.abs(eig).max("hess_eig")
+    return (eig < -tol * scale).sum("hess_eig").where(scale.notnull())
+
+
 def parameters(cube: xr.Dataset) -> xr.DataArray:
     """N over the dims it depends on besides the seed (it does not depend on the seed)."""
     n = cube["n_params"]
@@ -128,9 +135,7 @@ class JammingPlane(Analysis):
             eig = cube["hess_eig_h"]
             if "h" in eig.dims:
                 eig = at_width(eig.where(ok), cube, h_star)
-            scale = np.abs(eig).max("hess_eig")
-            descent = (eig < -self.minimum_tol * scale).sum("hess_eig").where(scale.notnull())
-            out["descent_directions"] = descent.assign_attrs(
+            out["descent_directions"] = descent_directions(eig, self.minimum_tol).assign_attrs(
                 long_name=f"eigenvalues of H at h* below -{self.minimum_tol:g} max |eigenvalue|: 0 at a minimum of U")
         out.attrs.update({"analysis": self.name, "level": self.level})
         return out
