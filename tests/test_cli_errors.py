@@ -31,6 +31,8 @@ BAD_SPECS = {
     "malformed_toml": (TINY_SPEC.replace("[grid]", "[grid"), ["is not valid TOML"]),
     "wrong_type": (TINY_SPEC.replace("max_steps = 400", 'max_steps = "many"'),
                    ["dynamics.max_steps = 'many' is invalid: expected int"]),
+    "cnn_strides": (TINY_SPEC.replace('name = "fc"', 'name = "cnn"\nstrides = [2, 1, 2]').replace("pca = 5", "pca = 0"),
+                    ["strides = [2, 1, 2] must give one stride >= 1 for each of the depth = 2 convolutions"]),
 }
 
 

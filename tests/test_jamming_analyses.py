@@ -12,6 +12,7 @@ from dlphase.analyses.divergence import Divergence, zero_mode_scale
 from dlphase.analyses.jamming_plane import JammingPlane
 from dlphase.analyses.run import analyze
 from tests.conftest import run_cli, run_cli_here, write
+from tests.test_cli_errors import assert_clean_error
 from tests.test_jamming import JAM_SPEC
 
 GRID = ("h", "alpha_tilde", "P", "seed")
@@ -178,6 +179,14 @@ def test_divergence_says_why_there_is_no_fit():
     assert "fewer than 4 widths" in Divergence().applies(cube.isel(h=[0, 1, 2]))
     with pytest.raises(ValueError, match="max_distance"):
         Divergence(max_distance=0)
+
+
+def test_divergence_option_error_on_the_command_line(tmp_path):
+    path = tmp_path / "cube.nc"
+    divergence_cube()[0].to_netcdf(path)
+    res = run_cli_here("analyze", "divergence", path, "--max-distance", "0", "-o", tmp_path / "r.nc")
+    assert_clean_error(res, "analysis.max_distance = 0.0 must be finite and > 0")
+    assert not (tmp_path / "r.nc").exists()
 
 
 @pytest.mark.parametrize("name", ["jamming_plane", "divergence"])
