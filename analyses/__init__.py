@@ -8,7 +8,7 @@ from .fluctuations import FluctuationScaling
 from .hessian_spectrum import hessian_spectrum_plot, save_hessian_spectrum
 from .learning_curve import LearningCurve
 from .phase_diagram import PhaseDiagram, phase_diagram, phase_diagram_plot, save_phase_diagram
-from .run import analyze, get_analysis, save_plot
+from .dispatch import analyze, get_analysis, save_plot
 
 __all__ = ["DoubleDescent", "Ensemble", "FluctuationScaling", "LearningCurve", "PhaseDiagram", "analyze",
            "ensemble_members", "get_analysis", "hessian_spectrum_plot", "phase_diagram", "phase_diagram_plot",

@@ -36,7 +36,7 @@ def standalone_html(obj, title: str) -> str:
 
 def write_html(obj, path: str | os.PathLike, title: str) -> None:
     """Write :func:`standalone_html` atomically."""
-    from dlphase.cube import atomic_write
+    from dlphase.files import atomic_write
 
     page = standalone_html(obj, title)
 
@@ -52,7 +52,7 @@ def save_figure(obj, path: str | os.PathLike, title: str) -> None:
     been built for that backend), atomically."""
     import holoviews as hv
 
-    from dlphase.cube import atomic_write
+    from dlphase.files import atomic_write
 
     if Path(path).suffix.lower() != ".png":
         write_html(obj, path, title)

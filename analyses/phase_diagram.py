@@ -54,7 +54,7 @@ def phase_diagram(cube: xr.Dataset, P: int | None = None, line: xr.Dataset | Non
     out.attrs["P"] = int(c["P"])
     line = line if line is not None else (cube if "h_star" in cube else None)
     if line is not None:
-        from dlphase.jamming import jamming_curve
+        from .jamming_line import jamming_curve
 
         lh, la = jamming_curve(line, int(c["P"]) if int(c["P"]) in line["P"].values else None)
         out["jamming_h"] = xr.DataArray(lh, dims="line_alpha_tilde", coords={"line_alpha_tilde": la},
@@ -202,7 +202,7 @@ class PhaseDiagram(Analysis):
         return super().applies(cube) or plane_reason(cube)
 
     def compute(self, cube: xr.Dataset) -> xr.Dataset:
-        from dlphase.jamming import open_line
+        from .jamming_line import open_line
 
         out = phase_diagram(cube, self.P, open_line(self.jamming) if self.jamming is not None else None)
         out.attrs["analysis"] = self.name

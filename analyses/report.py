@@ -12,7 +12,7 @@ import xarray as xr
 from dlphase.errors import DlphaseError
 
 from .html import write_html
-from .run import table_groups
+from .dispatch import table_groups
 
 #: the order of the page; other registered analyses (third-party ones) follow
 ORDER = ("phase_diagram", "double_descent", "divergence", "jamming_plane", "ensemble", "fluctuation_scaling",

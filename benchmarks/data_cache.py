@@ -18,7 +18,7 @@ import numpy as np
 
 
 def write_idx(folder: Path):
-    from dlphase.plugins.mnist import bundled_digits
+    from dlphase.plugins.datasets.mnist import bundled_digits
 
     x, c = bundled_digits()
     for prefix, n in (("train", 60000), ("t10k", 10000)):
@@ -38,8 +38,8 @@ def main():
         write_idx(tmp / "mnist")
         os.environ["DLPHASE_CACHE"] = str(tmp / "cache")
         from dlphase import data_cache
-        from dlphase.plugins import mnist
-        from dlphase.plugins.mnist import MNIST
+        from dlphase.plugins.datasets import mnist
+        from dlphase.plugins.datasets.mnist import MNIST
 
         ds = MNIST(data_dir=str(tmp / "mnist"), pca=10, n_test=10000, n_kernel=2500)
         t0 = time.perf_counter()

@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from dlphase.plugins import hessian as hs
-from dlphase.run import Run
+from dlphase.plugins.observables import hessian as hs
+from dlphase.grid_point import Run
 from dlphase.specs import build_spec
 
 importlib.import_module("scipy.sparse.linalg")  # here (0.4 s), so that the first solve below is not charged for it

@@ -18,9 +18,9 @@ import time
 import torch
 from torch.func import functional_call, jacrev, vmap
 
-from dlphase.ensemble import EnsembleNet, ensemble_of, ntk_by_loop
-from dlphase.plugins.cnn import CNN
-from dlphase.plugins.fc import FC
+from dlphase.ensemble_net import EnsembleNet, ensemble_of, ntk_by_loop
+from dlphase.plugins.architectures.cnn import CNN
+from dlphase.plugins.architectures.fc import FC
 
 
 #: vmap(jacrev) is skipped where its n x N Jacobian would exceed this (the machine has 24 GB)

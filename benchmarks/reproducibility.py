@@ -17,7 +17,7 @@ import attrs
 import torch
 
 import dlphase
-from dlphase.run import Run
+from dlphase.grid_point import Run
 
 
 def spec_for(h, P, alpha_tilde, seeds):

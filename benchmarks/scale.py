@@ -28,9 +28,9 @@ from pathlib import Path
 import attrs
 
 import dlphase
-from dlphase.run import _members_per_batch, execute_group, groups
-from dlphase.cube import encode, write_bytes_atomic
-from dlphase.sweep import EncodedRun, process_executor, run_path, write_atomic
+from dlphase.grid_point import _members_per_batch, execute_group, groups
+from dlphase.files import encode, write_bytes
+from dlphase.sweep import EncodedRun, process_executor, run_path, write_netcdf
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ROOT / "examples" / "quick.toml"
@@ -104,8 +104,8 @@ def main():
               f"{unpickle * len(widest) * 1e3:.2f} ms")
         runs = folder / "runs"
         runs.mkdir()
-        whole = timed(lambda: [write_atomic(ds, run_path(runs, spec, p)) for p, ds in zip(widest, datasets)], 5)
-        write = timed(lambda: [write_bytes_atomic(r.data, run_path(runs, spec, p)) for p, r in zip(widest, records)], 5)
+        whole = timed(lambda: [write_netcdf(ds, run_path(runs, spec, p)) for p, ds in zip(widest, datasets)], 5)
+        write = timed(lambda: [write_bytes(r.data, run_path(runs, spec, p)) for p, r in zip(widest, records)], 5)
         per_run_write = write / len(widest)
         print(f"the command's atomic write of a run: {per_run_write * 1e3:.2f} ms from its bytes "
               f"({whole / len(widest) * 1e3:.2f} ms to encode and write it here)")

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 import dlphase
-from dlphase.ensemble import EnsembleNet, ensemble_of
-from dlphase.run import Run
+from dlphase.ensemble_net import EnsembleNet, ensemble_of
+from dlphase.grid_point import Run
 
 
 #: the reference code's wall time for the 16 runs (seeds 0-15, one process per run, 2 cores) by alpha_tilde

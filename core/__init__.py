@@ -14,9 +14,9 @@ from .early_stopping import EarlyStopping
 from .manager import PluginManager, get_manager
 from .model import AlphaModel, alpha_of
 from .net import Net
-from .run import Run
+from .grid_point import Run
 from .sweep import sweep
-from .cube import open_cube
+from .files import open_cube
 from . import accessor  # noqa: F401  (registers cube.dlphase on xarray Datasets)
 
 __all__ = [

@@ -25,7 +25,7 @@ class DlphaseAccessor:
 
     def analyses(self) -> dict[str, str | None]:
         """Every registered analysis: None where it applies to this cube, else the reason it does not."""
-        from dlphase.analyses.run import get_analysis
+        from dlphase.analyses.dispatch import get_analysis
         from dlphase.manager import get_manager
 
         return {name: get_analysis(name).applies(self._cube) for name in get_manager().names("analysis")}
@@ -33,7 +33,7 @@ class DlphaseAccessor:
     def analyze(self, name: str, **options) -> xr.Dataset:
         """The result of analysis ``name`` (``crossover``, ``learning-curve``, ...), with its summary lines in
         ``attrs["summary"]``."""
-        from dlphase.analyses.run import analyze
+        from dlphase.analyses.dispatch import analyze
 
         analysis, result = analyze(self._cube, name, **options)
         result.attrs["summary"] = "\n".join(analysis.summary(result))
@@ -42,7 +42,7 @@ class DlphaseAccessor:
     def plot(self, name: str, backend: str = "bokeh", **options):
         """The analysis's holoviews plot (``backend``: bokeh or matplotlib); a notebook shows it inline."""
         from dlphase.analyses.phase_diagram import _load_backend
-        from dlphase.analyses.run import analyze
+        from dlphase.analyses.dispatch import analyze
         from dlphase.errors import DlphaseError
 
         if backend not in ("bokeh", "matplotlib"):

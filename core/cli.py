@@ -146,15 +146,16 @@ def _one_line(message, category, filename, lineno, line=None) -> str:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 def run(spec_path, output, overrides):
     """Train one grid point and write it as a cube with one value per grid dim."""
-    from .cube import check_writable, combine, write_atomic
-    from .run import execute
+    from .cube import combine
+    from .files import check_writable, write_netcdf
+    from .grid_point import execute
 
     check_suffix(output, (".nc",))
     spec = spec_from(spec_path, overrides)
     points = one_point(spec, "dlphase run")
     check_writable(output, "output")
     ds = execute(spec, points[0])
-    write_atomic(combine([ds], spec), output)
+    write_netcdf(combine([ds], spec), output)
     status = ds["status"].item()
     summary = f"{status}: steps={int(ds['steps'])} t={float(ds['t']):.4g} wall={float(ds['wall_seconds']):.1f}s"
     if "test_error" in ds:
@@ -178,7 +179,7 @@ def sweep(spec_path, output, workers, overrides, retry_failed, scheduler, cluste
     from .cluster import dask_executor
     from .sweep import sweep as run_sweep
 
-    from .cube import check_writable
+    from .files import check_writable
 
     check_suffix(output, (".nc",))
     spec = with_cluster_config(spec_from(spec_path, overrides), cluster_config)
@@ -288,16 +289,16 @@ def _first_line(cls) -> str:
 
 def _analyze_command(name: str, cls) -> click.Command:
     def callback(cube_path, as_json, output, **options):
-        from dlphase.analyses.run import analyze, text, to_json
+        from dlphase.analyses.dispatch import analyze, text, to_json
 
-        from .cube import check_writable, open_cube, write_atomic
+        from .files import check_writable, open_cube, write_netcdf
 
         if output is not None:
             check_suffix(output, (".nc",))
             check_writable(output, "result")
         analysis, result = analyze(open_cube(cube_path), name, **options)
         if output is not None:
-            write_atomic(result, output)
+            write_netcdf(result, output)
         click.echo(to_json(analysis, result) if as_json else text(analysis, result).rstrip())
         if output is not None and not as_json:
             click.echo(f"-> {output}")
@@ -311,9 +312,9 @@ def _analyze_command(name: str, cls) -> click.Command:
 
 def _plot_command(name: str, cls) -> click.Command:
     def callback(cube_path, output, **options):
-        from dlphase.analyses.run import analyze, save_plot
+        from dlphase.analyses.dispatch import analyze, save_plot
 
-        from .cube import check_writable, open_cube
+        from .files import check_writable, open_cube
 
         check_suffix(output, (".html", ".png"))
         check_writable(output, "plot")
@@ -346,8 +347,8 @@ def plot():
 def plot_phase_diagram(cube_path, output, P, line_path):
     """Test error over (h, alpha_tilde), its ensemble version, the jammed region, the jamming line and the lazy /
     feature crossover."""
-    from .cube import check_writable, open_cube
-    from .jamming import open_line
+    from .files import check_writable, open_cube
+    from dlphase.analyses.jamming_line import open_line
     from dlphase.analyses.phase_diagram import save_phase_diagram
 
     check_suffix(output, (".html", ".png"))
@@ -366,7 +367,7 @@ def report(cube_path, output):
     skipped and why, and the spec and provenance."""
     from dlphase.analyses.report import write_report
 
-    from .cube import check_writable, open_cube
+    from .files import check_writable, open_cube
 
     check_suffix(output, (".html",))
     check_writable(output, "report")

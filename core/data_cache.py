@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cube import atomic_write
+from .files import atomic_write
 from .interfaces import Data, Dataset
 
 VERSION = 1

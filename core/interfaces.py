@@ -227,7 +227,7 @@ class Dynamics(Component):
         mean l(y f) / alpha^2) and say why and when it stopped: a :class:`dlphase.TrainResult` with status
         ``converged`` (every y f >= 1), ``early_stopped``, ``budget`` or ``diverged``, the steps and the time t.
 
-        Callbacks: ``monitor`` (:class:`dlphase.trajectory.Monitor`, or None) wants ``start(model, data)``
+        Callbacks: ``monitor`` (:class:`dlphase.monitor.Monitor`, or None) wants ``start(model, data)``
         before the first step and ``observe(model, data, t, f_train, loss)`` at every accepted state (it
         records only when a checkpoint is due). With ``early_stopping``, ``tracker =
         self.early_stopping.watch(model, data, self.loss)``; ``tracker.observe(model, t, steps)`` at every
@@ -296,7 +296,7 @@ class RunState:
     result: "TrainResult"
     loss: Loss
     point: Mapping[str, Any]
-    monitor: Any = None  # the run's dlphase.trajectory.Monitor, when an observable asked for checkpoints
+    monitor: Any = None  # the run's dlphase.monitor.Monitor, when an observable asked for checkpoints
     #: shared by the observables of one run, for results that several of them use (the NTK Gram matrices)
     cache: dict = attrs.field(factory=dict)
 

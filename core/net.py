@@ -11,13 +11,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from .ensemble import EnsembleNet
+from .ensemble_net import EnsembleNet
 
 
 class Net(torch.nn.Module):
     """A net f~ whose class may override the fast paths below; each default says what core does without it."""
 
-    #: the batched form of M such nets (an :class:`dlphase.ensemble.EnsembleNet` subclass with hand-written
+    #: the batched form of M such nets (an :class:`dlphase.ensemble_net.EnsembleNet` subclass with hand-written
     #: forward, backward and NTK); default: the generic one by torch.func.vmap
     ensemble_class: ClassVar[type[EnsembleNet]] = EnsembleNet
 
@@ -30,7 +30,7 @@ class Net(torch.nn.Module):
 
     def curvature(self, x: torch.Tensor) -> Any:
         """Closed-form per-sample gradients, Hessians and Hessian-vector products of f~ on x (the interface of
-        :class:`dlphase.plugins.fc_hessian.FCCurvature`), which the ``hessian`` observable uses; None (the
+        :class:`dlphase.plugins.architectures.fc_hessian.FCCurvature`), which the ``hessian`` observable uses; None (the
         default): its generic autograd path."""
         return None
 

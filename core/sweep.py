@@ -20,10 +20,10 @@ from typing import Any, Callable, Collection, Mapping
 import attrs
 import xarray as xr
 
-from .cube import (atomic_write, check_writable, combine, encode, open_cube, temporaries_of, write_atomic,
-                   write_bytes_atomic)
+from .cube import combine
+from .files import atomic_write, check_writable, encode, open_cube, temporaries_of, write_bytes, write_netcdf
 from .errors import DiskFullError, DlphaseError
-from .run import execute_group, failed_point, groups
+from .grid_point import execute_group, failed_point, groups
 from .specs import GRID_DIMS, RUN_SECTIONS, Spec
 
 
@@ -225,7 +225,7 @@ def _sweep(spec, out, runs_dir, workers, executor, retry_failed, progress, on_ru
     batches.sort(key=lambda b: (-b[0]["h"], -b[0]["P"]))
     n_todo = sum(len(b) for b in batches)
 
-    bar = _progress(total=len(points), initial=len(points) - n_todo, enabled=progress)
+    bar = progress_bar(total=len(points), initial=len(points) - n_todo, enabled=progress)
     try:
         run_batches(spec, batches, runs_dir, workers=workers, executor=executor, bar=bar, on_run=on_run,
                     all_points=points, keep=done, shared_fs=shared_fs, hint_idle=True)
@@ -240,7 +240,7 @@ def _sweep(spec, out, runs_dir, workers, executor, retry_failed, progress, on_ru
 def write_cube(cube: xr.Dataset, out: Path, runs_dir: Path) -> None:
     """Write the combined cube (or line) of the runs saved in ``runs_dir``."""
     try:
-        write_atomic(cube, out)
+        write_netcdf(cube, out)
     except DiskFullError as exc:
         raise DiskFullError(f"{exc}; every run is saved in {runs_dir}; free space and run the same command again "
                             f"to write it") from None
@@ -304,9 +304,9 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
                     if tuple(point[k] for k in GRID_DIMS) not in keep:
                         try:
                             if isinstance(record, xr.Dataset):
-                                write_atomic(record, path)
+                                write_netcdf(record, path)
                             elif record.data is not None:
-                                write_bytes_atomic(record.data, path)
+                                write_bytes(record.data, path)
                         except DiskFullError as exc:
                             raise DiskFullError(f"{exc}; {saved()} runs are saved in {runs_dir}, intact; free space "
                                                 f"and run the same command again to resume") from None
@@ -359,11 +359,11 @@ def execute_and_save(spec: Spec, batch: list[Mapping[str, Any]], runs_dir: Path,
     records = execute_group(spec, batch)
     for point, ds in zip(batch, records):
         if tuple(point[k] for k in GRID_DIMS) not in keep:
-            write_atomic(ds, run_path(runs_dir, spec, point))
+            write_netcdf(ds, run_path(runs_dir, spec, point))
     return [EncodedRun(ds["status"].item(), None) for ds in records]
 
 
-def _progress(total: int | None, initial: int, enabled: bool, desc: str = "sweep"):
+def progress_bar(total: int | None, initial: int, enabled: bool, desc: str = "sweep"):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, unit="run", desc=desc, disable=not enabled,

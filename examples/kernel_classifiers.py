@@ -11,7 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
-from dlphase.run import Run
+from dlphase.grid_point import Run
 from dlphase.specs import load_spec
 
 SPEC = Path(__file__).with_name("reference_point.toml")

@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
 
     from dlphase.cli import main as cli
 
-    cube, sweep = importlib.import_module("dlphase.cube"), importlib.import_module("dlphase.sweep")
+    files, sweep = importlib.import_module("dlphase.files"), importlib.import_module("dlphase.sweep")
 
     kind, *where = moment.split(":")
     log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> None:
 
     sweep.execute_group = logged_group
 
-    atomic_write = cube.atomic_write
+    atomic_write = files.atomic_write
 
     def killing_write(path, write, suffix=".tmp", needs=0):
         path = Path(path)
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:
         if chosen and where[2] == "renamed":
             die()
 
-    cube.atomic_write = sweep.atomic_write = killing_write
+    files.atomic_write = sweep.atomic_write = killing_write
     cli.main(args, prog_name="dlphase")
 
 

@@ -6,7 +6,7 @@ import pytest
 import xarray as xr
 
 import dlphase
-from dlphase.analyses.run import analyze
+from dlphase.analyses.dispatch import analyze
 from tests.synthetic_cubes import fluctuation_cube
 
 

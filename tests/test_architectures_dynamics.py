@@ -10,11 +10,11 @@ from scipy.special import expit
 
 import dlphase
 from dlphase import AlphaModel, TorchData
-from dlphase.plugins.activations import SWISH_SECOND_MOMENT
-from dlphase.plugins.cnn import CNN
-from dlphase.plugins.gd import GD, SGD
+from dlphase.plugins.architectures.activations import SWISH_SECOND_MOMENT
+from dlphase.plugins.architectures.cnn import CNN
+from dlphase.plugins.dynamics.gd import GD, SGD
 from dlphase.plugins.losses import MSE
-from dlphase.plugins.mean_field import MeanField
+from dlphase.plugins.architectures.mean_field import MeanField
 from tests.linear import Linear
 
 

@@ -6,8 +6,8 @@ import torch
 from scipy.integrate import solve_ivp
 
 from dlphase import AlphaModel, TorchData
-from dlphase.plugins.chebyshev import rkc_coefficients, stages_for
-from dlphase.plugins.gradient_flow import GradientFlow
+from dlphase.plugins.dynamics.integrator.chebyshev import rkc_coefficients, stages_for
+from dlphase.plugins.dynamics.gradient_flow import GradientFlow
 from dlphase.plugins.losses import SoftHinge
 from tests.linear import Linear, data
 
@@ -87,7 +87,7 @@ def test_follows_the_exact_flow(max_error, tol):
 def test_takes_far_fewer_gradients_than_euler_on_a_stiff_flow(monkeypatch):
     """The same flow to the same time: the robust rule's Euler steps stay below 2 / rho, while the chebyshev
     rule's steps grow past it with a few stages each. Counted: the forward passes that take a gradient."""
-    from dlphase.ensemble import EnsembleNet
+    from dlphase.ensemble_net import EnsembleNet
 
     calls = []
     forward = EnsembleNet.forward
@@ -114,10 +114,12 @@ def test_auto_hands_the_feature_regime_over_and_keeps_the_lazy_one(monkeypatch):
     """rule auto: a swish member at small alpha_tilde (stiff from its curvature) goes on by chebyshev steps after
     HANDOVER_AFTER trial steps, one at large alpha_tilde (stiff from its margins) stays on robust steps; each ends
     as the rule it took would end it alone, with its flow time, steps and trajectory carried across."""
-    from dlphase.plugins import chebyshev, ensemble_flow, gradient_flow
-    from dlphase.plugins.fc import FC
-    from dlphase.plugins.gradient_flow import HANDOVER_AFTER
-    from dlphase.trajectory import Monitor
+    from dlphase.plugins.dynamics.integrator import chebyshev
+    from dlphase.plugins.dynamics.integrator import ensemble_flow
+    from dlphase.plugins.dynamics import gradient_flow
+    from dlphase.plugins.architectures.fc import FC
+    from dlphase.plugins.dynamics.gradient_flow import HANDOVER_AFTER
+    from dlphase.monitor import Monitor
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((60, 5))

@@ -177,7 +177,7 @@ def test_jamming_on_a_local_cluster_finds_the_in_process_line(tmp_path, dask_clu
 
     from distributed import Client
 
-    from dlphase.jamming import find_jamming_line
+    from dlphase.plugins.workflows.jamming import find_jamming_line
 
     shared = write(tmp_path / "shared.toml", JAM_SPEC + "\n[cluster]\nshared_fs = true\n")
     with Client(dask_cluster.address, set_as_default=False) as client:
@@ -299,7 +299,7 @@ def writes_here(monkeypatch):
     """What the sweep's own process writes: (how, file name) for each file, datasets and bytes alike."""
     engine = importlib.import_module("dlphase.sweep")
     written = []
-    for name, how in (("write_atomic", "dataset"), ("write_bytes_atomic", "bytes")):
+    for name, how in (("write_netcdf", "dataset"), ("write_bytes", "bytes")):
         def record(data, path, how=how, original=getattr(engine, name)):
             written.append((how, Path(path).name))
             original(data, path)
@@ -397,7 +397,7 @@ def test_fewer_batches_than_worker_threads_are_named_with_a_batch_size(tiny_spec
 
 @pytest.mark.parametrize("size, batches", [(None, [4, 4]), (3, [3, 1, 3, 1]), (1, [1] * 8)])
 def test_batch_size_caps_the_batches(tiny_spec, size, batches):
-    from dlphase.run import groups
+    from dlphase.grid_point import groups
 
     spec = load_spec(tiny_spec, [] if size is None else [f"run.batch_size={size}"])
     assert [len(b) for b in groups(spec, spec.grid.points())] == batches
@@ -426,13 +426,13 @@ def test_cluster_settings_from_a_file_of_their_own(tiny_spec, tmp_path):
 
 STRESS = """
 import threading, numpy as np, xarray as xr
-from dlphase.cube import encode, open_cube, write_atomic, write_bytes_atomic
+from dlphase.files import encode, open_cube, write_bytes, write_netcdf
 ds = xr.Dataset({"a": (("x", "y"), np.random.default_rng(0).random((50, 40))), "status": ((), "converged")})
 def work(k):
     for i in range(40):
-        write_bytes_atomic(encode(ds), f"{k}-{i}.nc")
+        write_bytes(encode(ds), f"{k}-{i}.nc")
         assert open_cube(f"{k}-{i}.nc").identical(ds)
-        write_atomic(ds, f"w{k}-{i}.nc")
+        write_netcdf(ds, f"w{k}-{i}.nc")
 threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
 for t in threads: t.start()
 for t in threads: t.join()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import dlphase
-from dlphase.run import Run
+from dlphase.grid_point import Run
 from tests import contract_plugin
 from tests.conftest import install_package, run_cli
 
@@ -114,9 +114,9 @@ def test_third_party_adam_matches_a_hand_written_loop():
 
 def test_fast_paths_default_for_a_plain_module_and_override_on_a_net():
     """A module that is not a dlphase.Net gets every documented default; a Net subclass's overrides are used."""
-    from dlphase.ensemble import EnsembleNet, ensemble_of
+    from dlphase.ensemble_net import EnsembleNet, ensemble_of
     from dlphase.net import fast_paths
-    from dlphase.plugins.fc import FC, FCEnsemble
+    from dlphase.plugins.architectures.fc import FC, FCEnsemble
 
     plain = contract_plugin.Plain().build(5, (4,), torch.Generator().manual_seed(0))
     assert not isinstance(plain, dlphase.Net)

@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 from dlphase.analyses.crossover import Crossover, crossing
-from dlphase.analyses.run import analyze
+from dlphase.analyses.dispatch import analyze
 from tests.conftest import run_cli, run_cli_here
 
 GRID = ("h", "alpha_tilde", "P", "seed")

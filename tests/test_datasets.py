@@ -11,12 +11,12 @@ import pytest
 
 import dlphase
 from dlphase import DataError
-from dlphase.plugins import idx
-from dlphase.plugins.cifar import CIFAR10
-from dlphase.plugins.digits import Digits
-from dlphase.plugins.mnist import MNIST, KMNIST, FashionMNIST
-from dlphase.plugins.splits import balanced_split, binary_labels
-from dlphase.plugins.synthetic import RandomLabels, Stripe, Teacher
+from dlphase.plugins.datasets import idx
+from dlphase.plugins.datasets.cifar import CIFAR10
+from dlphase.plugins.datasets.digits import Digits
+from dlphase.plugins.datasets.mnist import MNIST, KMNIST, FashionMNIST
+from dlphase.plugins.datasets.splits import balanced_split, binary_labels
+from dlphase.plugins.datasets.synthetic import RandomLabels, Stripe, Teacher
 from tests.conftest import run_cli, write
 from tests.datafiles import idx_bytes, write_cifar_folder, write_idx_folder
 
@@ -215,7 +215,7 @@ def test_the_maps_are_fitted_on_one_pool_for_every_P(monkeypatch):
     """fit_on = "pool": a training point's vector is the same for P = 100 and P = 1000, the maps are fitted on
     the max_train points that can be training points (disjoint from the test and kernel sets); fit_on = "train"
     refits them on each training set, and the vectors move."""
-    from dlphase.plugins import preprocessing
+    from dlphase.plugins.datasets import preprocessing
 
     fitted = []
     real = preprocessing.pipeline
@@ -262,7 +262,7 @@ def test_stripe_random_teacher():
     t = Teacher(d=4, width=30, depth=2, n_test=500).load(200)
     import torch
 
-    from dlphase.plugins.fc import FC
+    from dlphase.plugins.architectures.fc import FC
 
     net = FC(depth=2, activation="relu").build(30, (4,), torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -10,9 +10,9 @@ import torch
 from dlphase import Data, Dataset
 from dlphase.early_stopping import EarlyStopping
 from dlphase.errors import SpecError
-from dlphase.plugins.mnist import MNIST
-from dlphase.plugins.synthetic import RandomLabels
-from dlphase.run import Run, execute, execute_group
+from dlphase.plugins.datasets.mnist import MNIST
+from dlphase.plugins.datasets.synthetic import RandomLabels
+from dlphase.grid_point import Run, execute, execute_group
 from dlphase.specs import apply_overrides, build_spec
 from tests.agreement import ROUNDING, assert_records_agree, tighter_spec
 

@@ -7,16 +7,16 @@ import torch
 
 import dlphase
 from dlphase import AlphaModel, TorchData
-from dlphase.ensemble import EnsembleNet, ensemble_of
-from dlphase.plugins.cnn import CNN
-from dlphase.plugins.fc import FC
-from dlphase.plugins.gd import GD, SGD
-from dlphase.plugins.gradient_flow import GradientFlow
+from dlphase.ensemble_net import EnsembleNet, ensemble_of
+from dlphase.plugins.architectures.cnn import CNN
+from dlphase.plugins.architectures.fc import FC
+from dlphase.plugins.dynamics.gd import GD, SGD
+from dlphase.plugins.dynamics.gradient_flow import GradientFlow
 from dlphase.plugins.losses import Hinge, SoftHinge
-from dlphase.plugins import sliding
-from dlphase.plugins.mean_field import MeanField
-from dlphase.plugins.sliding import box_qp
-from dlphase.run import execute, execute_group
+from dlphase.plugins.dynamics.integrator import sliding
+from dlphase.plugins.architectures.mean_field import MeanField
+from dlphase.plugins.dynamics.integrator.sliding import box_qp
+from dlphase.grid_point import execute, execute_group
 from tests.agreement import assert_flows_agree, assert_records_agree, tighter, tighter_spec
 
 ARCHS = [FC(depth=3, activation="swish"), FC(depth=2, activation="relu", bias=True),

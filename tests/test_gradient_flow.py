@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dlphase import AlphaModel, TorchData
-from dlphase.plugins.gradient_flow import GradientFlow
+from dlphase.plugins.dynamics.gradient_flow import GradientFlow
 from dlphase.plugins.losses import Hinge, SoftHinge
 from tests.linear import Linear, data
 

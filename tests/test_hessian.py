@@ -6,11 +6,11 @@ import torch
 from torch.func import hessian
 
 from dlphase.model import AlphaModel
-from dlphase.run import execute
-from dlphase.plugins import hessian as hs
-from dlphase.plugins.fc import FC
+from dlphase.grid_point import execute
+from dlphase.plugins.observables import hessian as hs
+from dlphase.plugins.architectures.fc import FC
 from dlphase.plugins.losses import SoftHinge
-from dlphase.plugins.mean_field import MeanField
+from dlphase.plugins.architectures.mean_field import MeanField
 
 
 def _problem(arch, h=6, n=25, d=4, alpha=3.0, steps=30):
@@ -76,7 +76,7 @@ def test_hessian_spectrum_observable_in_a_sweep(tmp_path):
     the shorter run is padded with NaN; at initialisation every Delta = 1, so rank H0 = min(P, N) (tanh: no
     scaling symmetry that would make J rank-deficient, as relu's, and nearly so swish's, does)."""
     import dlphase
-    from dlphase.run import Run
+    from dlphase.grid_point import Run
 
     raw = {"dataset": {"name": "mnist", "pca": 4, "n_test": 50},
            "architecture": {"name": "fc", "depth": 1, "activation": "tanh"},
@@ -153,7 +153,7 @@ def _tiny_spec(h, alpha_tilde, P, max_steps):
 def test_hessian_spectrum_uses_lanczos_above_max_dense(monkeypatch):
     """Top and bottom eigenvalues by Lanczos equal the dense spectrum's; the fc curvature is built once."""
     import dlphase
-    from dlphase.plugins.fc import FCNet
+    from dlphase.plugins.architectures.fc import FCNet
 
     raw, point = _tiny_spec(h=5, alpha_tilde=1.0, P=30, max_steps=100)
     dense = execute(dlphase.specs.build_spec(raw), point)
@@ -231,7 +231,7 @@ def test_a_converged_run_has_a_zero_hessian_without_computing_it(monkeypatch):
 def test_fc_closed_form_curvature_equals_torch_func(depth, activation, bias):
     """fc_hessian's J, dense Hessian of sum c f~ and products (single and blocks of vectors, H0 and Hp alone)
     against torch.func: every layer pair, with and without sigma'' and biases."""
-    from dlphase.plugins.fc_hessian import FCCurvature
+    from dlphase.plugins.architectures.fc_hessian import FCCurvature
 
     g = torch.Generator().manual_seed(depth)
     net = FC(depth=depth, activation=activation, bias=bias).build(5, (4,), g)

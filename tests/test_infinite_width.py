@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from dlphase.ensemble import ensemble_of
-from dlphase.plugins import infinite_width as iw
-from dlphase.plugins.activations import ACTIVATIONS, DERIVATIVES
-from dlphase.plugins.fc import FC
+from dlphase.ensemble_net import ensemble_of
+from dlphase.plugins.architectures import infinite_width as iw
+from dlphase.plugins.architectures.activations import ACTIVATIONS, DERIVATIVES
+from dlphase.plugins.architectures.fc import FC
 
 
 def _x(n=12, d=6, seed=0):

@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 import dlphase
-from dlphase import jamming as jm
+from dlphase.plugins.workflows import jamming as jm
 from tests.conftest import run_cli, write
 from tests.test_cli_errors import assert_clean_error
 

@@ -10,7 +10,7 @@ import xarray as xr
 
 from dlphase.analyses.divergence import Divergence, zero_mode_scale
 from dlphase.analyses.jamming_plane import JammingPlane
-from dlphase.analyses.run import analyze
+from dlphase.analyses.dispatch import analyze
 from tests.conftest import run_cli, run_cli_here, write
 from tests.test_cli_errors import assert_clean_error
 from tests.test_jamming import JAM_SPEC

@@ -4,8 +4,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from dlphase.ensemble import ntk_by_loop
-from dlphase.run import Run
+from dlphase.ensemble_net import ntk_by_loop
+from dlphase.grid_point import Run
 from dlphase.specs import load_spec
 from tests.conftest import TINY_SPEC, run_cli, write
 from tests.test_cli_errors import assert_clean_error

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import dlphase
-from dlphase.ensemble import ntk_by_loop
+from dlphase.ensemble_net import ntk_by_loop
 from dlphase.errors import SpecError
-from dlphase.run import Run
+from dlphase.grid_point import Run
 from dlphase.specs import apply_overrides, build_spec
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dlphase.plugins.mnist import MNIST, bundled_digits
+from dlphase.plugins.datasets.mnist import MNIST, bundled_digits
 
 
 def test_bundled_digits_are_mlxtends():
@@ -28,7 +28,7 @@ def test_test_set_does_not_depend_on_P_and_training_sets_nest():
     ds = MNIST(pca=0, n_test=200)
     small, large = ds.load(100), ds.load(400)
     raw_x, raw_c = bundled_digits()
-    from dlphase.plugins.splits import balanced_split
+    from dlphase.plugins.datasets.splits import balanced_split
 
     y = np.where(raw_c % 2 == 0, 1.0, -1.0)
     te1, _, tr1 = balanced_split(y, 200, 100, seed=0)
@@ -53,7 +53,7 @@ def test_preprocessing_fitted_on_train(fit_on):
     P = 500 if fit_on == "train" else MNIST(n_test=200).max_train()
     data = MNIST(pca=d, n_test=200, fit_on=fit_on).load(P)
     raw_x, raw_c = bundled_digits()
-    from dlphase.plugins.splits import balanced_split
+    from dlphase.plugins.datasets.splits import balanced_split
 
     y = np.where(raw_c % 2 == 0, 1.0, -1.0)
     _, _, train = balanced_split(y, 200, P, seed=0)

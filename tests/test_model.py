@@ -9,8 +9,9 @@ from scipy.integrate import quad
 from scipy.special import expit
 
 from dlphase import AlphaModel, alpha_of
-from dlphase.plugins.activations import ACTIVATIONS, DERIVATIVES, FUSED, SECOND_DERIVATIVES, SWISH_SECOND_MOMENT, swish
-from dlphase.plugins.fc import FC
+from dlphase.plugins.architectures.activations import (ACTIVATIONS, DERIVATIVES, FUSED, SECOND_DERIVATIVES,
+                                                      SWISH_SECOND_MOMENT, swish)
+from dlphase.plugins.architectures.fc import FC
 from dlphase.plugins.losses import MSE, CrossEntropy, Hinge, QuadraticHinge, SoftHinge
 
 

@@ -7,12 +7,12 @@ import torch
 
 import dlphase
 from dlphase.errors import SpecError
-from dlphase.run import Run
+from dlphase.grid_point import Run
 
-from dlphase.ensemble import EnsembleNet, ensemble_of, ntk_by_loop
-from dlphase.plugins.cnn import CNN
-from dlphase.plugins.fc import FC
-from dlphase.plugins.mean_field import MeanField
+from dlphase.ensemble_net import EnsembleNet, ensemble_of, ntk_by_loop
+from dlphase.plugins.architectures.cnn import CNN
+from dlphase.plugins.architectures.fc import FC
+from dlphase.plugins.architectures.mean_field import MeanField
 
 ARCHS = [FC(depth=3, activation="swish"), FC(depth=2, activation="relu", bias=True),
          FC(depth=1, activation="tanh"), MeanField(activation="relu"), MeanField(activation="swish", bias=False)]
@@ -57,7 +57,7 @@ def test_cnn_layerwise_ntk_matches_the_generic_path_and_the_loop(arch):
 
 def test_cnn_ntk_in_blocks(monkeypatch):
     """Per-sample gradients formed a few samples at a time give the same Gram matrix."""
-    from dlphase.plugins import cnn
+    from dlphase.plugins.architectures import cnn
 
     nets = _nets(CNN(depth=2, kernel_size=3), 3, (1, 6, 6), n=2)
     x = torch.randn(7, 1, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
@@ -104,7 +104,7 @@ def test_ntk_needs_kernel_points():
 def test_kernel_pca_against_a_kernel_built_by_hand():
     """K = V diag(lambda) V^T with known V: the projections are (V^T y)^2 / |y|^2 in the order of lambda; a kernel
     whose top eigenvector is the label vector carries all of |y|^2 on it and ln 2 nats of information."""
-    from dlphase.plugins.kernel_pca import kernel_pca
+    from dlphase.plugins.observables.kernel_pca import kernel_pca
 
     rng = np.random.default_rng(0)
     n = 80
@@ -125,8 +125,8 @@ def test_kernel_pca_against_a_kernel_built_by_hand():
 
 def test_ntk_kpca_shares_the_gram_matrices(monkeypatch):
     """ntk and ntk_kpca together compute Theta_0 and Theta_end once; the kernel PCA is that of the stored Grams."""
-    from dlphase.plugins import ntk as ntk_module
-    from dlphase.plugins.kernel_pca import kernel_pca
+    from dlphase.plugins.observables import ntk as ntk_module
+    from dlphase.plugins.observables.kernel_pca import kernel_pca
 
     calls = []
     real = ntk_module.gram
@@ -147,7 +147,7 @@ def test_ntk_kpca_shares_the_gram_matrices(monkeypatch):
 
 def test_ntk_kpca_mutual_information_in_the_papers_settings():
     """neighbors = 5 and mi_unit = "bit" (Fig. 11): the estimator's nats at k = 5, divided by ln 2, marked bit."""
-    from dlphase.plugins.kernel_pca import kernel_pca
+    from dlphase.plugins.observables.kernel_pca import kernel_pca
 
     spec = _ntk_spec("observables.names=['errors','ntk','ntk_kpca']", "observables.ntk_kpca.neighbors=5",
                      'observables.ntk_kpca.mi_unit="bit"', "grid.alpha_tilde=[0.1]")

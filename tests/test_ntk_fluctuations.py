@@ -5,7 +5,7 @@ import pytest
 import xarray as xr
 
 from dlphase.analyses.ntk_fluctuations import NTKFluctuations, relative_fluctuation
-from dlphase.analyses.run import analyze
+from dlphase.analyses.dispatch import analyze
 from tests.conftest import run_cli_here
 
 GRID = ("h", "alpha_tilde", "P", "seed")

@@ -9,18 +9,18 @@ import torch
 from scipy.optimize import lsq_linear
 
 from dlphase import AlphaModel, TorchData
-from dlphase.ensemble import EnsembleNet, ensemble_of
-from dlphase.plugins import coefficient_rules
-from dlphase.plugins.batched import loss_coefficients
-from dlphase.plugins.cnn import CNN
-from dlphase.plugins.fc import FC
-from dlphase.plugins.gradient_flow import GradientFlow
-from dlphase.plugins.implicit import curvature_scale, implicit_coefficients, loss_curvature
-from dlphase.plugins import kernel_cache
-from dlphase.plugins.kernel_cache import KernelCache
+from dlphase.ensemble_net import EnsembleNet, ensemble_of
+from dlphase.plugins.dynamics.integrator import coefficient_rules
+from dlphase.plugins.dynamics.batched import loss_coefficients
+from dlphase.plugins.architectures.cnn import CNN
+from dlphase.plugins.architectures.fc import FC
+from dlphase.plugins.dynamics.gradient_flow import GradientFlow
+from dlphase.plugins.dynamics.integrator.implicit import curvature_scale, implicit_coefficients, loss_curvature
+from dlphase.plugins.dynamics.integrator import kernel_cache
+from dlphase.plugins.dynamics.integrator.kernel_cache import KernelCache
 from dlphase.plugins.losses import MSE, Hinge, SoftHinge
-from dlphase.plugins.mean_field import MeanField
-from dlphase.plugins.sliding import box_qp, sliding_coefficients
+from dlphase.plugins.architectures.mean_field import MeanField
+from dlphase.plugins.dynamics.integrator.sliding import box_qp, sliding_coefficients
 
 
 @pytest.mark.parametrize("m,n", [(40, 25), (12, 25)], ids=["full-rank", "rank-deficient"])

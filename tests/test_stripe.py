@@ -12,7 +12,7 @@ import xarray as xr
 
 import dlphase
 from dlphase.errors import DlphaseError
-from dlphase.plugins.first_layer import compress, scales
+from dlphase.plugins.observables.first_layer import compress, scales
 from dlphase.specs import load_spec
 from tests.conftest import run_cli, run_cli_here, write
 
@@ -67,8 +67,8 @@ def test_scales_of_a_first_layer_set_by_hand():
     """W = [[2,0,0],[0,1,1],[1,1,0]] read out by (1, -1, 2): c = (1/4, 1/4, 1/2), |W_par|^2 = (4, 0, 1) and
     |W_perp|^2 = (0, 2, 1), so W_par^2 = 1 + 1/2, W_perp^2 = (1/2 + 1/2) / 2, Lambda = sqrt(3), and the
     alignment is 1/4 + 0 + 1/2 * 1/2."""
-    from dlphase.plugins.fc import FC
-    from dlphase.plugins.mean_field import MeanField
+    from dlphase.plugins.architectures.fc import FC
+    from dlphase.plugins.architectures.mean_field import MeanField
 
     w = [[2.0, 0.0, 0.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0]]
     expected = {"w_par": math.sqrt(1.5), "w_perp": math.sqrt(0.5), "lambda": math.sqrt(3), "alignment": 0.5}
@@ -86,7 +86,7 @@ def test_scales_of_a_first_layer_set_by_hand():
 
 def test_a_deeper_net_weighs_a_neuron_by_its_outgoing_column():
     """Depth 2: neuron i of the first layer sends on through column i of W_2, whose size is |W_2[:, i]| / sqrt(h)."""
-    from dlphase.plugins.fc import FC
+    from dlphase.plugins.architectures.fc import FC
 
     net = FC(depth=2).build(4, (3,), torch.Generator().manual_seed(1))
     w, v = net.first_layer()
@@ -153,9 +153,9 @@ def test_a_compressed_kernel_is_the_plain_kernel_on_inputs_compressed_by_hand(dy
     f on the test set, to rounding."""
     from dlphase.interfaces import Data
     from dlphase.model import AlphaModel
-    from dlphase.plugins.fc import FC
-    from dlphase.plugins.kernel_methods import SVM, KernelFlow, Ridge
-    from dlphase.plugins.synthetic import Stripe
+    from dlphase.plugins.architectures.fc import FC
+    from dlphase.plugins.dynamics.kernel_methods import SVM, KernelFlow, Ridge
+    from dlphase.plugins.datasets.synthetic import Stripe
 
     data = Stripe(d=3, n_test=50).load(40)
     by_hand = Data(x_train=data.x_train * [1, 1 / 3, 1 / 3], y_train=data.y_train,
@@ -236,7 +236,7 @@ def stripe_cube(Ps=(128, 256, 512, 1024, 2048, 4096), d=5, seeds=8, noise=0.03, 
 
 def test_the_stripe_analysis_finds_planted_laws(tmp_path):
     from dlphase.analyses.stripe import predicted_betas
-    from dlphase.analyses.run import analyze
+    from dlphase.analyses.dispatch import analyze
 
     cube = stripe_cube()
     analysis, result = analyze(cube, "stripe")
@@ -284,7 +284,7 @@ def test_the_stripe_command_json_plot_and_report(tmp_path):
     res = run_cli_here("report", path, "-o", tmp_path / "r.html")
     assert res.returncode == 0, res.stderr
     assert "stripe" in (tmp_path / "r.html").read_text()
-    from dlphase.analyses.run import analyze
+    from dlphase.analyses.dispatch import analyze
 
     _, result = analyze(xr.open_dataset(path), "stripe")
     assert list(result["moment"].values) == ["init", "end"]

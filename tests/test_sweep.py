@@ -14,7 +14,7 @@ import pytest
 import xarray as xr
 
 import dlphase
-from dlphase.run import execute
+from dlphase.grid_point import execute
 from dlphase.specs import build_spec, load_spec
 from dlphase.sweep import runs_dir_for
 from tests.agreement import assert_records_agree, tighter_spec
@@ -195,7 +195,7 @@ class ExplodingFC(dlphase.Architecture):
     name: ClassVar[str] = "exploding"
 
     def build(self, h, input_shape, generator):
-        from dlphase.plugins.fc import FC
+        from dlphase.plugins.architectures.fc import FC
 
         net = FC().build(h, input_shape, generator)
         if h == 5:

@@ -6,14 +6,14 @@ import torch
 
 import dlphase
 from dlphase import AlphaModel, TorchData
-from dlphase.plugins.gd import GD
-from dlphase.plugins.gradient_flow import GradientFlow
+from dlphase.plugins.dynamics.gd import GD
+from dlphase.plugins.dynamics.gradient_flow import GradientFlow
 from dlphase.plugins.losses import Hinge
-from dlphase.plugins.trajectory import Trajectory
+from dlphase.plugins.observables.trajectory import Trajectory
 from dlphase.errors import SpecError
 from dlphase.manager import PluginManager
 from dlphase.specs import build_spec
-from dlphase.trajectory import Monitor
+from dlphase.monitor import Monitor
 from tests.conftest import plugin_module, run_cli
 from tests.test_gradient_flow import Linear
 
@@ -56,7 +56,7 @@ def test_trajectory_needs_a_recording_dynamics():
     """A dynamics that declares records_checkpoints = False cannot feed the trajectory observable: a spec error."""
     import attrs
 
-    from dlphase.plugins.stopping import Budgeted
+    from dlphase.plugins.dynamics.stopping import Budgeted
 
     @attrs.frozen(kw_only=True)
     class Blind(Budgeted):

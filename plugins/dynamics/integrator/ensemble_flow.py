@@ -22,14 +22,14 @@ import attrs
 import torch
 
 from dlphase import TrainResult
-from dlphase.ensemble import stacked
+from dlphase.ensemble_net import stacked
 from dlphase.model import rescaled
 
-from .batched import feed_checkpoints, loss_coefficients
+from ..batched import feed_checkpoints, loss_coefficients
 from .coefficient_rules import coefficient_rule
 from .controller import proportional, reference
-from .members import Batch, choose, rows, sq
-from .stopping import common_rules, finish_member, stops, validation_tracker
+from ..members import Batch, choose, rows, sq
+from ..stopping import common_rules, finish_member, stops, validation_tracker
 
 
 #: the status of a member handed over to another rule
@@ -51,7 +51,7 @@ def train_ensemble(flow, models, data, monitors, trace=None, handover: int | Non
                    trackers=None, start: float | None = None) -> list[TrainResult | Handover]:
     """Train ``models`` (AlphaModels of one architecture and width) in place with ``flow``'s scheme.
 
-    ``monitors``: one :class:`dlphase.trajectory.Monitor` (or None) per member, fed at its checkpoints.
+    ``monitors``: one :class:`dlphase.monitor.Monitor` (or None) per member, fed at its checkpoints.
     ``trace``: called after every trial step with a dict of per-member tensors (member ids, dt, dout,
     dgrad, accepted, implicit coefficients on, N_Delta, margins crossing the kink), to study the integrator.
     ``handover``: after this many trial steps, a member of a smooth net whose implicit coefficients are off

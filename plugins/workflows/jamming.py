@@ -19,11 +19,12 @@ import attrs
 import numpy as np
 import xarray as xr
 
-from .cube import combine, open_cube
-from .errors import DlphaseError, SpecError
-from .run import groups
-from .specs import GRID_DIMS, Grid, Spec
-from .sweep import _progress, placement, prepare_runs, run_batches, run_path, saved_run, write_cube
+from dlphase.cube import combine
+from dlphase.files import open_cube
+from dlphase.errors import DlphaseError, SpecError
+from dlphase.grid_point import groups
+from dlphase.specs import GRID_DIMS, Grid, Spec
+from dlphase.sweep import placement, progress_bar, prepare_runs, run_batches, run_path, saved_run, write_cube
 
 #: how the seeds at one width ended
 JAMMED, CONVERGED, MIXED, FAILED = "jammed", "converged", "mixed", "failed"
@@ -168,7 +169,7 @@ def find_jamming_line(spec: Spec, out: str | os.PathLike, *, h_max: int | None =
     found: dict[tuple, dict[int, str]] = {k: {} for k in keys}
     records: dict[tuple, xr.Dataset] = {}
     wanted = {k: sorted(set(spec.grid.h)) for k in keys}
-    bar = _progress(total=None, initial=0, enabled=progress, desc="jamming")
+    bar = progress_bar(total=None, initial=0, enabled=progress, desc="jamming")
     try:
         for _ in range(MAX_ROUNDS):
             points = [dict(zip(GRID_DIMS, (h, a, P, s))) for (a, P), hs in wanted.items() for h in hs for s in seeds]
@@ -269,24 +270,3 @@ def line_dataset(spec: Spec, records: Mapping[tuple, xr.Dataset], found: Mapping
     line.attrs.update({"title": "dlphase jamming line", "h_max": h_max, "resolution": resolution,
                        **{f"budget_{k}": float(v) for k, v in budget_of(spec.dynamics).items()}})
     return line
-
-
-def open_line(path: str | os.PathLike) -> xr.Dataset:
-    """A file written by dlphase jamming; an error naming it when it holds no line."""
-    line = open_cube(path)
-    if "h_star" not in line:
-        raise DlphaseError(f"{str(path)!r} has no jamming line (h_star); give the LINE.nc written by dlphase jamming")
-    return line
-
-
-def jamming_curve(line: xr.Dataset, P: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(h, alpha_tilde) of the line at one P for drawing: the geometric mean of h* and the next width tried."""
-    if "h_star" not in line:
-        raise DlphaseError("this file has no jamming line (h_star); give the LINE.nc written by dlphase jamming")
-    P = int(line["P"].max()) if P is None else P
-    if P not in line["P"].values:
-        raise DlphaseError(f"the jamming line has no P = {P}; it holds P = {', '.join(map(str, line['P'].values))}")
-    sel = line.sel(P=P).sortby("alpha_tilde")
-    mid = np.sqrt(sel["h_star"].values * sel["h_next"].values)
-    ok = np.isfinite(mid)
-    return mid[ok], sel["alpha_tilde"].values[ok]

@@ -26,13 +26,13 @@ import time
 import torch
 
 from dlphase import TrainResult
-from dlphase.ensemble import stacked
+from dlphase.ensemble_net import stacked
 from dlphase.model import rescaled
 
-from .batched import feed_checkpoints, loss_coefficients
+from ..batched import feed_checkpoints, loss_coefficients
 from .controller import proportional_integral
-from .members import Batch, choose, rows, sq
-from .stopping import common_rules, finish_member, stops, validation_tracker
+from ..members import Batch, choose, rows, sq
+from ..stopping import common_rules, finish_member, stops, validation_tracker
 
 #: the damping of the Chebyshev polynomial: a stability interval about 5% shorter, and internal stages that
 #: damp every mode
@@ -77,7 +77,7 @@ def train_chebyshev(flow, models, data, monitors, trace=None, resume=None, track
                     start: float | None = None) -> list[TrainResult]:
     """Train ``models`` (AlphaModels of one architecture and width) in place by the chebyshev rule.
 
-    ``monitors``: one :class:`dlphase.trajectory.Monitor` (or None) per member, fed at its checkpoints.
+    ``monitors``: one :class:`dlphase.monitor.Monitor` (or None) per member, fed at its checkpoints.
     ``trace``: called after every step with a dict of per-member tensors (member ids, dt, stages, rho, error,
     accepted, N_Delta), to study the integrator. ``resume``: per member, the
     :class:`.ensemble_flow.Handover` of another rule to go on from (its monitors already started), with its

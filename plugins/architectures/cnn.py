@@ -20,7 +20,7 @@ import dlphase
 from dlphase import Architecture, Net, param
 from dlphase.specs import non_negative, positive
 
-from dlphase.ensemble import EnsembleNet
+from dlphase.ensemble_net import EnsembleNet
 
 from .activations import ACTIVATIONS, DERIVATIVES
 

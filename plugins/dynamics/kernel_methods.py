@@ -28,10 +28,10 @@ from dlphase import Dynamics, Loss, TrainResult, param
 from dlphase.specs import positive
 
 from .batched import loss_coefficients
-from .controller import reference
-from .first_layer import compress, first_layer_of, scales
+from .integrator.controller import reference
+from ..observables.first_layer import compress, first_layer_of, scales
 from .kernels import KernelFunction, KernelName, KernelPredictor
-from .losses import MSE, Hinge, SoftHinge
+from ..losses import MSE, Hinge, SoftHinge
 from .stopping import common_rules, stops
 
 

@@ -108,7 +108,7 @@ class Teacher(Gaussian):
     teacher_seed: int = param(default=0, doc="seed of the teacher's weights", validator=non_negative)
 
     def label(self, split, x):
-        from .fc import FC
+        from ..architectures.fc import FC
 
         net = FC(depth=self.depth, activation=self.activation).build(
             self.width, (self.d,), torch.Generator().manual_seed(self.teacher_seed))

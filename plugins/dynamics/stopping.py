@@ -13,7 +13,7 @@ from dlphase import Dynamics, Loss, TrainResult, param
 from dlphase.early_stopping import EarlyStopping
 from dlphase.specs import positive
 
-from .losses import SoftHinge
+from ..losses import SoftHinge
 
 
 @attrs.frozen(kw_only=True)

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from dlphase import DataError
-from dlphase.ensemble import ntk_of
+from dlphase.ensemble_net import ntk_of
 from dlphase.net import fast_paths
 
 KernelName = Literal["ntk_init", "ntk_final", "ntk_infinite", "laplace", "gaussian"]

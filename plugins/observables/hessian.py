@@ -56,9 +56,9 @@ def per_sample_gradients(f, theta: torch.Tensor, x: torch.Tensor, chunk: int = 2
 
 def hessian_rows(f, theta: torch.Tensor, x: torch.Tensor, c: torch.Tensor, rows: int | None = None) -> torch.Tensor:
     """The first ``rows`` (default all N) rows of the Hessian of phi(theta) = sum_mu c_mu f~(x_mu), (rows, N): the
-    gradient g of phi is built once with its graph, and row i is the gradient of g_i (one backward pass each). On
-    the 10 -> 100 -> 100 -> 1 net with P = 1000 this is 4.5x faster than forward-over-reverse products on 64 basis
-    vectors at a time, and 2.5x faster than the same backward passes batched by ``is_grads_batched``."""
+    gradient g of phi is built once with its graph, and row i is the gradient of g_i (one backward pass each),
+    which beats forward-over-reverse products on blocks of basis vectors and the same backward passes batched by
+    ``is_grads_batched`` (docs/benchmarks.md)."""
     n = len(theta)
     rows = n if rows is None else rows
     out = theta.new_empty(rows, n)
@@ -79,8 +79,8 @@ def hessian_of_sum(f, theta: torch.Tensor, x: torch.Tensor, c: torch.Tensor) -> 
 
 
 def symmetrize_(m: torch.Tensor, tile: int = 512) -> torch.Tensor:
-    """m <- (m + m^T) / 2 in place, tile by tile: a whole-matrix transpose of an N = 11300 matrix crosses memory
-    at a stride of N and took 3 s on 2 cores; tiles that fit in cache take a fraction of that."""
+    """m <- (m + m^T) / 2 in place, tile by tile: a whole-matrix transpose crosses memory at a stride of N,
+    while tiles that fit in cache do not."""
     n = len(m)
     for i in range(0, n, tile):
         for j in range(i, n, tile):

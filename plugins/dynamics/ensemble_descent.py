@@ -14,7 +14,7 @@ import time
 import torch
 
 from dlphase import TrainResult
-from dlphase.ensemble import stacked
+from dlphase.ensemble_net import stacked
 from dlphase.model import rescaled
 
 from .batched import feed_checkpoints, loss_coefficients

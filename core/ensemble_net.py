@@ -9,7 +9,7 @@ round a member's slice differently where the batch's shape moves a tensor's tail
 (docs/reproducibility.md).
 
 The generic class works for any module through torch.func.vmap; architectures give faster ones by
-setting :attr:`dlphase.Net.ensemble_class` on their module class (see ``dlphase.plugins.fc``).
+setting :attr:`dlphase.Net.ensemble_class` on their module class (see ``dlphase.plugins.architectures.fc``).
 """
 
 from __future__ import annotations

@@ -11,16 +11,16 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .errors import DataError
-from .net import fast_paths
-from .run import Run
-from .specs import GRID_DIMS, Spec
+from dlphase.errors import DataError
+from dlphase.net import fast_paths
+from dlphase.grid_point import Run
+from dlphase.specs import GRID_DIMS, Spec
 
 
 def kernel_dataset(spec: Spec, trained: bool = False) -> xr.Dataset:
     """The kernel-set Dataset of the spec's single grid point (see the module's docstring)."""
-    from .cube import provenance
-    from .ensemble import ntk_of
+    from dlphase.cube import provenance
+    from dlphase.ensemble_net import ntk_of
 
     run = Run(spec)
     x = run.data.x_kernel

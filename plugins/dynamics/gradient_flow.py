@@ -29,9 +29,9 @@ from dlphase import param
 from dlphase.specs import non_negative, positive
 
 from .batched import Batched
-from .chebyshev import train_chebyshev
-from .coefficient_rules import PROBE
-from .ensemble_flow import Handover, train_ensemble
+from .integrator.chebyshev import train_chebyshev
+from .integrator.coefficient_rules import PROBE
+from .integrator.ensemble_flow import Handover, train_ensemble
 from .stopping import validation_tracker
 
 #: rule auto: the trial steps after which a member of a smooth net whose implicit coefficients do not pay goes

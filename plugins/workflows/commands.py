@@ -19,15 +19,15 @@ from dlphase.cli import SET_HELP, check_suffix, cluster_options, one_point, spec
 def kernel(spec_path, output, overrides, trained):
     """Export one grid point's kernel set: inputs, labels, the empirical NTK at init (and, with --trained, at
     the end) and the infinite-width NTK and NNGP where the architecture has them."""
-    from dlphase.cube import check_writable, write_atomic
-    from dlphase.kernel_export import kernel_dataset
+    from dlphase.files import check_writable, write_netcdf
+    from dlphase.plugins.workflows.kernel_export import kernel_dataset
 
     check_suffix(output, (".nc",))
     spec = spec_from(spec_path, overrides)
     one_point(spec, "dlphase kernel")
     check_writable(output, "output")
     ds = kernel_dataset(spec, trained=trained)
-    write_atomic(ds, output)
+    write_netcdf(ds, output)
     names = [k for k in ("ntk_init", "ntk_end", "ntk_infinite", "nngp_infinite") if k in ds]
     click.echo(f"{ds.sizes['kernel_i']} kernel points, {', '.join(names)} -> {output}")
 
@@ -55,8 +55,8 @@ def jamming(spec_path, output, overrides, h_max, resolution, spectrum, workers, 
     import numpy as np
 
     from dlphase.cluster import dask_executor
-    from dlphase.cube import check_writable
-    from dlphase.jamming import find_jamming_line
+    from dlphase.files import check_writable
+    from dlphase.plugins.workflows.jamming import find_jamming_line
 
     check_suffix(output, (".nc",))
     spec = with_cluster_config(spec_from(spec_path, overrides), cluster_config)
@@ -90,7 +90,7 @@ def jamming(spec_path, output, overrides, h_max, resolution, spectrum, workers, 
 def hessian_spectrum(cube_path, output, matrix, h, alpha_tilde, P, seed):
     """Histogram of log10 |eigenvalue| of H0 (or H, Hp) for one run: the delta peak, gap and continuum at jamming."""
     from dlphase.analyses.hessian_spectrum import save_hessian_spectrum
-    from dlphase.cube import check_writable, open_cube
+    from dlphase.files import check_writable, open_cube
 
     check_suffix(output, (".html", ".png"))
     check_writable(output, "plot")

@@ -16,7 +16,7 @@ from .interfaces import Data, RunState, TorchData, Variable
 from .model import AlphaModel, reference_time_factor
 from .results import TrainResult
 from .specs import GRID_DIMS, Spec, validation_points
-from .trajectory import Monitor
+from .monitor import Monitor
 
 #: Variables every run records, whatever its observables.
 RUN_VARIABLES = {

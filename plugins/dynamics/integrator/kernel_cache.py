@@ -5,8 +5,9 @@ of kernel products over the margins S at every step.
 A stale kernel only approximates the Jacobian of the implicit step (a W-method): the step stays first order,
 and its error check (dgrad against the trial point's own coefficients) sees any mismatch and shortens dt. So
 the cache checks each kernel against the steps it serves (KernelCache.check) and recomputes it once it
-mispredicts them: swish at alpha_tilde = 1e3 then takes 280 steps (276 with fresh blocks at every step; a
-rule on the parameters' drift took 815 with tol 0.001), and at 2^20 each member's first kernel lasts the run.
+mispredicts them: the step count stays close to that with fresh blocks at every step (a rule on the
+parameters' drift needs far more steps), and in the lazy regime each member's first kernel lasts the run
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .batched import loss_coefficients, member_rows
+from ..batched import loss_coefficients, member_rows
 
 
 def box_qp(Q: torch.Tensor, r: torch.Tensor, w: torch.Tensor, tol: float = 1e-10, max_iter: int = 100):

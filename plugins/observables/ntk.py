@@ -18,7 +18,7 @@ import torch
 
 import dlphase
 from dlphase import Observable, Variable, param
-from dlphase.ensemble import ensemble_of, ntk_of
+from dlphase.ensemble_net import ensemble_of, ntk_of
 from dlphase.specs import positive
 
 from .kernel_pca import kernel_pca

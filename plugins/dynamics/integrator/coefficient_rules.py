@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from .batched import loss_coefficients, member_rows
+from ..batched import loss_coefficients, member_rows
 from .implicit import curvature_scale, implicit_coefficients
 from .kernel_cache import KernelCache, fits
-from .members import sq
+from ..members import sq
 from .sliding import sliding_coefficients
 
 #: every PROBE trial steps each member of the implicit rule is switched to or from the implicit coefficients

@@ -14,7 +14,7 @@ import torch
 
 import dlphase
 from dlphase import Architecture, Net, param
-from dlphase.ensemble import EnsembleNet
+from dlphase.ensemble_net import EnsembleNet
 from dlphase.net import parameters_by_name
 from dlphase.specs import positive
 

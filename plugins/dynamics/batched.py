@@ -9,7 +9,7 @@ from typing import ClassVar
 import attrs
 import torch
 
-from dlphase.ensemble import in_passes
+from dlphase.ensemble_net import in_passes
 from dlphase.model import rescaled
 
 from .stopping import Budgeted, value_at

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .batched import loss_coefficients, member_rows
+from ..batched import loss_coefficients, member_rows
 
 #: margins whose l'' is below this fraction of the loss's largest l'' keep the explicit coefficients
 CURVATURE_CUT = 1e-3
@@ -61,8 +61,8 @@ def implicit_coefficients(net, params, ctx, x, y, margins, alpha, loss, scale: f
 
 
 def solve_shifted(theta: torch.Tensor, k: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """(I + diag(k) Theta)^-1 r. (Cholesky on the symmetric form I + K^1/2 Theta K^1/2 measured no faster on
-    2 cores for the sizes of S met in training, 100 to 900.)"""
+    """(I + diag(k) Theta)^-1 r. An LU solve: Cholesky on the symmetric form I + K^1/2 Theta K^1/2 is no faster for
+    the sizes of S met in training."""
     A = k[:, None] * theta
     A.diagonal().add_(1.0)
     return torch.linalg.solve(A, r)
