@@ -199,7 +199,8 @@ class PhaseDiagram(Analysis):
     jamming: str | None = param(default=None, doc="a LINE.nc of dlphase jamming whose line to draw")
 
     def applies(self, cube: xr.Dataset) -> str | None:
-        return super().applies(cube) or plane_reason(cube)
+        # a file of dlphase jamming is drawn for its line, even along a single alpha_tilde
+        return super().applies(cube) or (None if "h_star" in cube else plane_reason(cube))
 
     def compute(self, cube: xr.Dataset) -> xr.Dataset:
         from .jamming_line import open_line

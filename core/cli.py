@@ -338,27 +338,6 @@ def plot():
     """Draw a figure from a cube (HTML with bokeh, PNG with matplotlib)."""
 
 
-@plot.command("phase-diagram")
-@click.argument("cube_path", metavar="CUBE.nc")
-@click.option("-o", "--output", required=True, metavar="FILE.html|FILE.png")
-@click.option("--P", "P", type=int, default=None, help="which P to draw (default: the largest in the cube)")
-@click.option("--jamming", "line_path", default=None, metavar="LINE.nc",
-              help="draw the jamming line written by dlphase jamming (drawn anyway when CUBE.nc is such a file)")
-def plot_phase_diagram(cube_path, output, P, line_path):
-    """Test error over (h, alpha_tilde), its ensemble version, the jammed region, the jamming line and the lazy /
-    feature crossover."""
-    from .files import check_writable, open_cube
-    from dlphase.analyses.jamming_line import open_line
-    from dlphase.analyses.phase_diagram import save_phase_diagram
-
-    check_suffix(output, (".html", ".png"))
-    check_writable(output, "plot")
-    cube = open_cube(cube_path)
-    line = open_line(line_path) if line_path else None
-    save_phase_diagram(cube, output, P=P, line=line)
-    click.echo(f"phase diagram -> {output}")
-
-
 @main.command()
 @click.argument("cube_path", metavar="CUBE.nc")
 @click.option("-o", "--output", required=True, metavar="REPORT.html")

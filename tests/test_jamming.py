@@ -140,10 +140,13 @@ def test_jamming_errors(tmp_path, case):
 
 
 def test_phase_diagram_refuses_a_file_without_a_line(tmp_path):
-    cube = xr.Dataset(coords={"h": [1]})
+    grid = {"h": [8, 16], "alpha_tilde": [1.0, 10.0], "P": [10], "seed": [0]}
+    cube = xr.Dataset({name: (tuple(grid), np.zeros((2, 2, 1, 1))) for name in ("test_error", "n_delta")},
+                      coords=grid)
     cube.to_netcdf(tmp_path / "c.nc")
+    xr.Dataset(coords={"h": [1]}).to_netcdf(tmp_path / "no_line.nc")
     res = run_cli("plot", "phase-diagram", tmp_path / "c.nc", "-o", tmp_path / "p.html",
-                  "--jamming", tmp_path / "c.nc")
+                  "--jamming", tmp_path / "no_line.nc")
     assert_clean_error(res, "has no jamming line")
     assert not (tmp_path / "p.html").exists()
 
