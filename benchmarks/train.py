@@ -125,7 +125,7 @@ def main():
         print(f"{h:>5} {alone:>16.0f} {together:>19.0f} {together / alone:>5.1f}x {ens:>12.2f} {mm:>12.2f} "
               f"{ens / mm:>8.2f}")
     if args.converge:
-        for e in (int(v) for v in args.exponents.split(",")):
+        for e in (int(v) for v in args.exponents.split(",") if v):
             converge(f"2^{e}", 2.0 ** e, "swish", ["auto"] + [r for r in args.rules.split(",") if r], args,
                      REFERENCE_SECONDS.get(e))
         if args.relu:
