@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
+from typing import Sequence
 
 import xarray as xr
 
@@ -106,14 +107,15 @@ def write_bytes(data: bytes, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), needs=len(data))
 
 
-def open_cube(path: str | os.PathLike) -> xr.Dataset:
-    """Load a cube (or run file) fully into memory and close the file."""
+def open_cube(path: str | os.PathLike, only: Sequence[str] | None = None) -> xr.Dataset:
+    """Load a cube (or run file) into memory and close the file: every variable, or ``only`` those of them it has
+    (with the coordinates and attributes), which reads no more of the file than they take."""
     path = Path(path)
     if not path.is_file():
         raise DlphaseError(f"cube {str(path)!r} does not exist; give the .nc written by dlphase sweep or run")
     try:
         with NETCDF_LOCK, xr.open_dataset(path, engine="netcdf4") as ds:
-            return ds.load()
+            return (ds if only is None else ds[[v for v in only if v in ds]]).load()
     except (OSError, ValueError) as exc:
         raise DlphaseError(f"cannot read {str(path)!r} as netCDF ({exc}); give a cube written by dlphase") from None
 

@@ -15,7 +15,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import attrs
 import xarray as xr
@@ -155,15 +155,16 @@ def run_path(runs_dir: Path, spec: Spec, point: Mapping[str, Any]) -> Path:
     return runs_dir / f"{spec.run_id(point)}.nc"
 
 
-def saved_run(runs_dir: Path, spec: Spec, point: Mapping[str, Any]) -> xr.Dataset | None:
-    """The saved run of ``point``, or None when there is none. A file that is truncated, empty, not netCDF or
-    not this point's run is moved aside to ``<file>.corrupt`` with a warning that names it, so that the run is
-    trained again and the file is never combined."""
+def saved_run(runs_dir: Path, spec: Spec, point: Mapping[str, Any],
+              only: Sequence[str] | None = None) -> xr.Dataset | None:
+    """The saved run of ``point`` (with ``only`` those variables, and its status), or None when there is none. A
+    file that is truncated, empty, not netCDF or not this point's run is moved aside to ``<file>.corrupt`` with a
+    warning that names it, so that the run is trained again and the file is never combined."""
     path = run_path(runs_dir, spec, point)
     if not path.exists():
         return None
     try:
-        ds = open_cube(path)
+        ds = open_cube(path, None if only is None else ("status", *only))
         problem = ("it has no status" if "status" not in ds else
                    "it is another run's" if ds.attrs.get("run_id") != spec.run_id(point) else None)
     except DlphaseError:
@@ -213,7 +214,7 @@ def _sweep(spec, out, runs_dir, workers, executor, retry_failed, progress, on_ru
     points = spec.grid.points()
 
     def finished(point) -> bool:
-        ds = saved_run(runs_dir, spec, point)
+        ds = saved_run(runs_dir, spec, point, only=())  # the status alone: the runs are read once, to combine them
         return ds is not None and not (retry_failed and ds["status"].item() == "failed")
 
     # Batches are formed from the whole grid, never from what is left, so that a resumed sweep trains

@@ -53,9 +53,17 @@ def test_cube_schema(tiny_spec, tmp_path):
     # every run is in the runs folder under its id
     runs = runs_dir_for(tmp_path / "cube.nc")
     assert {p.stem for p in runs.glob("*.nc")} == set(disk["run_id"].values.ravel())
-    # a second sweep does nothing and gives the same cube
-    again = dlphase.sweep(spec, tmp_path / "cube.nc", progress=False)
+    # a second sweep does nothing and gives the same cube, reading each saved run in full once (to combine it)
+    engine = __import__("importlib").import_module("dlphase.sweep")
+
+    reads, real = [], engine.open_cube
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "open_cube", lambda path, only=None: reads.append((path.name, only)) or real(path, only))
+        again = dlphase.sweep(spec, tmp_path / "cube.nc", progress=False)
     assert_same_results(cube, again)
+    full = sorted(name for name, only in reads if only is None)
+    assert full == sorted(f"{i}.nc" for i in disk["run_id"].values.ravel())
+    assert all(only == ("status",) for _, only in reads if only is not None)
 
 
 def test_corrupt_run_files_are_trained_again_with_a_warning(tiny_spec, tmp_path):
