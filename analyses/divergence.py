@@ -15,8 +15,8 @@ import dlphase
 from dlphase import Analysis, param
 from dlphase.specs import probability
 
-from .ensemble import jammed_anywhere, too_few, usable
-from .jamming_plane import at_width, descent_directions, parameters
+from .ensemble import jammed_anywhere, parameters, too_few, usable
+from .jamming_plane import at_width, descent_directions
 from .stats import common_slope_fit, power_law_fit
 
 SPECTRUM = ("hess_eig_h", "hess_rank_h0", "hess_energy")

@@ -25,6 +25,12 @@ def usable(cube: xr.Dataset) -> xr.DataArray:
     return (cube["status"] != "failed") & (cube["status"] != "")
 
 
+def parameters(cube: xr.Dataset, over: str = "seed") -> xr.DataArray:
+    """N over the dims it depends on besides ``over`` (the seed, on which it does not depend)."""
+    n = cube["n_params"]
+    return n.max(over) if over in n.dims else n
+
+
 def jammed_anywhere(cube: xr.Dataset, over: str = "seed") -> xr.DataArray:
     """Whether any member (along ``over``) of a point ends with N_Delta > 0."""
     return ((cube["n_delta"] > 0) & usable(cube)).any(over)

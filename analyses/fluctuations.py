@@ -14,7 +14,7 @@ import dlphase
 from dlphase import Analysis, param
 from dlphase.specs import probability
 
-from .ensemble import ensemble_members, jammed_anywhere
+from .ensemble import ensemble_members, jammed_anywhere, parameters
 from .stats import common_slope_fit, power_law_fits
 
 QUANTITIES = {"fluctuation": "RMS over the test set of f - <f>, mean over seeds",
@@ -25,7 +25,7 @@ def jamming_point(cube: xr.Dataset, over: str = "seed") -> tuple[xr.DataArray, x
     """(N per width, h_J, N_J): per point of the dims other than h and ``over``, h_J is the largest h where any
     member ends with N_Delta > 0 (NaN when none does; from a jamming search, the first all-converged width minus
     one if it is larger) and N_J its N."""
-    n = cube["n_params"].max(over) if over in cube["n_params"].dims else cube["n_params"]
+    n = parameters(cube, over)
     h_j = cube["h"].where(jammed_anywhere(cube, over)).max("h")
     if "h_unjammed" in cube:
         h_j = np.fmax(h_j, cube["h_unjammed"] - 1)

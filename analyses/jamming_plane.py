@@ -14,7 +14,7 @@ import dlphase
 from dlphase import Analysis, param
 from dlphase.specs import probability
 
-from .ensemble import too_few, usable
+from .ensemble import parameters, too_few, usable
 from .stats import common_slope_fit, power_law_fits
 
 #: the plot of N_Delta / N against the final loss shows runs up to this ratio
@@ -46,12 +46,6 @@ def descent_directions(eig: xr.DataArray, tol: float) -> xr.DataArray:
     where there is no spectrum."""
     scale = np.abs(eig).max("hess_eig")
     return (eig < -tol * scale).sum("hess_eig").where(scale.notnull())
-
-
-def parameters(cube: xr.Dataset) -> xr.DataArray:
-    """N over the dims it depends on besides the seed (it does not depend on the seed)."""
-    n = cube["n_params"]
-    return n.max("seed") if "seed" in n.dims else n
 
 
 @attrs.frozen(kw_only=True)
