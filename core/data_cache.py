@@ -10,15 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write
+from .files import atomic_write, temporaries_of
 from .interfaces import Data, Dataset
 
 VERSION = 1
+#: a temporary file of an entry older than this (seconds) was left by a writer that was killed: it is removed
+STALE_AFTER = 3600.0
 FIELDS = ("x_train", "y_train", "x_test", "y_test", "x_kernel", "y_kernel", "x_val", "y_val",
           "classes_train", "classes_test", "classes_kernel", "informative")
 
@@ -54,6 +57,7 @@ def load(dataset: Dataset, P: int, n_validation: int = 0) -> Data:
     if folder is None or not dataset.cacheable:
         return _compute(dataset, P, n_validation)
     path = folder / f"{dataset.name}-{cache_key(dataset, P, n_validation)}.npz"
+    drop_stale(path)
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -75,3 +79,14 @@ def load(dataset: Dataset, P: int, n_validation: int = 0) -> Data:
     except OSError:
         pass  # a read-only or full cache folder must not stop a run
     return data
+
+
+def drop_stale(path: Path) -> None:
+    """Remove the temporary files that writers of ``path`` killed mid-write left behind; a fresh one may be
+    another process's write in progress, and stays."""
+    for tmp in temporaries_of(path, ".npz"):
+        try:
+            if time.time() - tmp.stat().st_mtime > STALE_AFTER:
+                tmp.unlink()
+        except OSError:
+            pass  # gone already, or not ours to remove

@@ -5,6 +5,7 @@ import os
 import re
 import pickle
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -284,8 +285,15 @@ def test_disk_cache_hit_gives_the_same_data(tmp_path, monkeypatch):
     data_cache.load(MNIST(pca=6, n_test=100, n_kernel=20), 80)
     assert len(list((tmp_path / "cache").glob("mnist-*.npz"))) == 2
     files[0].write_bytes(b"garbage")  # a broken entry is recomputed, not trusted
+    # a killed writer's temporary file is removed once stale; a fresh one (a write in progress) stays
+    stale, fresh = (files[0].with_name(f".{files[0].name}.{tag}.npz") for tag in ("killed", "writing"))
+    for tmp in (stale, fresh):
+        tmp.write_bytes(b"partial")
+    old = time.time() - data_cache.STALE_AFTER - 60
+    os.utime(stale, (old, old))
     third = data_cache.load(ds, 80)
     np.testing.assert_array_equal(third.x_train, first.x_train)
+    assert not stale.exists() and fresh.exists()
 
 
 def test_a_cifar_folder_runs_through_dlphase_run(tmp_path):
