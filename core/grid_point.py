@@ -12,7 +12,7 @@ import xarray as xr
 
 from . import data_cache
 from .errors import DlphaseError, SpecError
-from .interfaces import Data, RunState, TorchData, Variable
+from .interfaces import Data, RunState, TorchData, Variable, per_seed_training
 from .model import AlphaModel, reference_time_factor
 from .results import TrainResult
 from .specs import GRID_DIMS, Spec, validation_points
@@ -71,7 +71,8 @@ class Run:
 
     @functools.cached_property
     def data(self) -> Data:
-        return load_data(self.spec.dataset, self.point["P"], validation_points(self.spec.dynamics))
+        dataset = self.spec.dataset.for_seed(self.point["seed"])
+        return load_data(dataset, self.point["P"], validation_points(self.spec.dynamics))
 
     @functools.cached_property
     def tensors(self) -> TorchData:
@@ -174,15 +175,16 @@ def _members_per_batch(h: int, P: int) -> int:
 
 
 def groups(spec: Spec, points: list[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
-    """Batches of points that can train as one ensemble: same h and P (every seed and alpha_tilde), of at most
-    ``run.batch_size`` points."""
+    """Batches of points that can train as one ensemble: same h and P (every seed and alpha_tilde; the same seed
+    too where seeds train on sets of their own), of at most ``run.batch_size`` points."""
     if not spec.run.ensemble or not spec.dynamics.batched:
         return [[p] for p in points]
+    own_sets = per_seed_training(spec.dataset)
     by_key: dict[tuple, list] = {}
     for p in points:
-        by_key.setdefault((p["h"], p["P"]), []).append(p)
+        by_key.setdefault((p["h"], p["P"], p["seed"] if own_sets else None), []).append(p)
     out = []
-    for (h, P), members in by_key.items():
+    for (h, P, _), members in by_key.items():
         size = min(_members_per_batch(h, P), spec.run.batch_size or 64)
         out.extend(members[i:i + size] for i in range(0, len(members), size))
     return out

@@ -147,6 +147,18 @@ class Dataset(Component):
         """The largest P this dataset can serve (checked when a spec is loaded); None if unbounded."""
         return None
 
+    def for_seed(self, seed: int) -> "Dataset":
+        """The dataset that the run of initialisation seed ``seed`` trains on: ``self`` (every seed trains on one
+        training set, the default), or a dataset whose training points are drawn for that seed, so that averages
+        over seeds also average over training sets. Its test and kernel sets must not depend on the seed. Runs
+        whose seeds train on different sets do not share an ensemble."""
+        return self
+
+
+def per_seed_training(dataset: Dataset) -> bool:
+    """Whether the runs of different seeds train on different training sets (:meth:`Dataset.for_seed`)."""
+    return dataset.for_seed(0) != dataset.for_seed(1)
+
 
 class Architecture(Component):
     """Builds the un-rescaled net f~_theta: inputs (n, ...) -> outputs (n,).

@@ -316,3 +316,24 @@ def test_every_dataset_runs_in_a_sweep(tmp_path):
         cube = dlphase.sweep(spec, tmp_path / f"{name}.nc", progress=False)
         assert (cube["status"] != "failed").all(), cube["message"].values
         assert cube["f_test"].sizes["test"] in (50, 100)
+
+
+def test_per_seed_training_sets_share_the_test_set():
+    """training = per_seed: seed s trains on draw s of the training stream (seed 0 on the shared set), nested in P;
+    the test and kernel sets, and the labels' rule, stay those of the shared dataset."""
+    shared = Stripe(d=4, n_test=50, n_kernel=10)
+    own = Stripe(d=4, n_test=50, n_kernel=10, training="per_seed")
+    assert shared.for_seed(3) is shared and own.for_seed(3).draw == 3
+    zero, one, shared_data = own.for_seed(0).load(30), own.for_seed(1).load(30), shared.load(30)
+    np.testing.assert_array_equal(zero.x_train, shared_data.x_train)
+    assert np.abs(one.x_train - zero.x_train).min() > 0
+    for field in ("x_test", "y_test", "x_kernel", "y_kernel"):
+        np.testing.assert_array_equal(getattr(one, field), getattr(shared_data, field))
+    np.testing.assert_array_equal(own.for_seed(1).load(60).x_train[:30], one.x_train)
+    np.testing.assert_array_equal(one.y_train, np.where((one.x_train[:, 0] > -0.3) & (one.x_train[:, 0] < 1.18549),
+                                                        1.0, -1.0))
+    # random labels: each draw has labels of its own, the test labels stay
+    rl = RandomLabels(d=3, n_test=40, training="per_seed")
+    a, b = rl.for_seed(0).load(200), rl.for_seed(2).load(200)
+    assert 0.3 < np.mean(a.y_train != b.y_train) < 0.7
+    np.testing.assert_array_equal(a.y_test, b.y_test)

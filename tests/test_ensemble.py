@@ -16,7 +16,7 @@ from dlphase.plugins.losses import Hinge, SoftHinge
 from dlphase.plugins.dynamics.integrator import sliding
 from dlphase.plugins.architectures.mean_field import MeanField
 from dlphase.plugins.dynamics.integrator.sliding import box_qp
-from dlphase.grid_point import execute, execute_group
+from dlphase.grid_point import Run, execute, execute_group, groups
 from tests.agreement import assert_flows_agree, assert_records_agree, tighter, tighter_spec
 
 ARCHS = [FC(depth=3, activation="swish"), FC(depth=2, activation="relu", bias=True),
@@ -248,3 +248,27 @@ def test_robust_rule_converges_through_kinks():
     ref = GradientFlow(loss=Hinge(), rule="reference", max_steps=res.steps + res.rejected)
     res_ref = ref.train(_models(FC(activation="relu"), 32, [10.0], [0])[0], data)
     assert res_ref.status == "budget"
+
+
+def test_seeds_with_training_sets_of_their_own_batch_apart(tmp_path):
+    """dataset.training = per_seed: a batch holds one seed (its alpha_tilde values), each run trains on its seed's
+    set, and the sweep's cube shares the test labels over the seeds."""
+    spec = dlphase.Spec.from_dict({
+        "dataset": {"name": "stripe", "d": 3, "n_test": 50, "training": "per_seed"},
+        "architecture": {"name": "fc", "depth": 1, "activation": "relu", "bias": True},
+        "dynamics": {"name": "gradient_flow", "loss": "soft_hinge", "max_steps": 300},
+        "grid": {"h": [6], "alpha_tilde": [1.0, 100.0], "P": [30], "seed": [0, 1]}})
+    points = spec.grid.points()
+    batches = groups(spec, points)
+    assert sorted(sorted((p["seed"], p["alpha_tilde"]) for p in b) for b in batches) == [
+        [(0, 1.0), (0, 100.0)], [(1, 1.0), (1, 100.0)]]
+    shared = attrs.evolve(spec, dataset=attrs.evolve(spec.dataset, training="shared"))
+    assert len(groups(shared, points)) == 1
+    runs = {p["seed"]: Run(spec, **p) for p in points}
+    np.testing.assert_array_equal(runs[0].data.x_train, Run(shared, **points[0]).data.x_train)
+    np.testing.assert_array_equal(runs[1].data.x_train, spec.dataset.for_seed(1).load(30).x_train)
+    for b in batches:
+        for p, ds in zip(b, execute_group(spec, b)):
+            assert_records_agree(ds, execute(spec, p), lambda p=p: execute(tighter_spec(spec), p), what=str(p))
+    cube = dlphase.sweep(spec, tmp_path / "c.nc", progress=False)
+    assert cube["y_test"].dims == ("P", "test")

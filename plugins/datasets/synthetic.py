@@ -2,6 +2,8 @@
 
 x ~ N(0, I_d). Each split comes from its own random stream fixed by ``seed``: the test, kernel and
 validation sets do not depend on P, and the first P training points are the same for every larger P (nested).
+The training stream also follows ``draw``, which ``training = "per_seed"`` sets to each run's initialisation seed:
+the seeds then train on independent training sets, and are tested on the same test set.
 """
 
 from __future__ import annotations
@@ -29,9 +31,23 @@ class Gaussian(Dataset):
     n_test: int = param(default=1000, doc="test points", validator=positive)
     n_kernel: int = param(default=0, doc="kernel-set points for NTK observables", validator=non_negative)
     seed: int = param(default=0, doc="data seed", validator=non_negative)
+    training: Literal["shared", "per_seed"] = param(
+        default="shared", doc="shared: every initialisation seed trains on the training set `draw`; per_seed: seed s "
+                              "trains on draw s, so that averages over seeds also average over training sets (the "
+                              "test and kernel sets stay shared)")
+    draw: int = param(default=0, doc="which training set of this data seed (set per run by training = per_seed)",
+                      validator=non_negative)
+
+    def for_seed(self, seed: int) -> "Gaussian":
+        return attrs.evolve(self, draw=seed) if self.training == "per_seed" else self
+
+    def stream(self, split: str, *extra: int) -> np.random.Generator:
+        """The random stream of one split; the training split's follows ``draw`` (draw 0: the stream without it)."""
+        own = [self.draw] if split == "train" and self.draw else []
+        return np.random.default_rng([self.seed, STREAMS[split], *extra, *own])
 
     def inputs(self, split: str, n: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, STREAMS[split]]).standard_normal((n, self.d))
+        return self.stream(split).standard_normal((n, self.d))
 
     def label(self, split: str, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -90,7 +106,7 @@ class RandomLabels(Gaussian):
     name: ClassVar[str] = "random"
 
     def label(self, split, x):
-        rng = np.random.default_rng([self.seed, STREAMS[split], 7])
+        rng = self.stream(split, 7)
         return np.where(rng.random(len(x)) < 0.5, 1.0, -1.0)
 
     def describe(self):
