@@ -20,7 +20,7 @@ from dlphase.errors import DlphaseError
 from dlphase.specs import positive, probability
 
 from .ensemble import too_few, usable
-from .stats import power_law_fit, power_law_fits
+from .stats import common_slope_fit, power_law_fit, power_law_fits
 
 
 def predicted_betas(d: int, d_par: int) -> tuple[float, float]:
@@ -108,6 +108,9 @@ class Stripe(Analysis):
         }).transpose("h", "regime", "P")
         pct = f"{self.level:.0%}"
         fits, _ = power_law_fits(out["P"].astype(float), out["test_error_mean"], "P", self.level)
+        independent = _spec_value(cube, "dataset", "training") == "per_seed" and cube.sizes["seed"] > 1
+        if independent:
+            fits = self.seed_curves_fit(eps.transpose("h", "regime", "P", "seed"), fits)
         # eps ~ P^(-beta): beta is minus the fitted exponent, and the interval flips
         out["beta"] = (-fits["exponent"]).assign_attrs(long_name="beta of <eps(f)> ~ P^(-beta)")
         out["beta_low"] = (-fits["high"]).assign_attrs(long_name=f"low end of the {pct} interval of beta")
@@ -135,8 +138,26 @@ class Stripe(Analysis):
         if "first_layer_w_end" in cube:
             out = out.merge(stored_weights(cube, h=cube["h"].values[0], alpha_tilde=regimes["feature"],
                                            P=cube["P"].values[-1], seed=cube["seed"].values[0]))
-        out.attrs.update({"analysis": self.name, "d": d, "d_par": self.d_par, "level": self.level})
+        out.attrs.update({"analysis": self.name, "d": d, "d_par": self.d_par, "level": self.level,
+                          "beta_fit": ("one exponent over the seeds' curves, each seed with a training set of its "
+                                       "own" if independent else "the mean over seeds")})
         return out
+
+    def seed_curves_fit(self, eps: xr.DataArray, fits: dict) -> dict:
+        """beta from every seed's curve eps_s(P) = A_s P^(-beta), one exponent with a prefactor per seed. Valid
+        where the seeds train on independent training sets (dataset.training = per_seed): their curves are then
+        independent samples of the learning curve, and the fit uses all of their points, not just the means'."""
+        fits = {k: v.copy() for k, v in fits.items()}
+        for h in range(eps.sizes["h"]):
+            for r in range(eps.sizes["regime"]):
+                curves = [(eps["P"].values.astype(float), eps.isel(h=h, regime=r, seed=s).values)
+                          for s in range(eps.sizes["seed"])]
+                fit = common_slope_fit(curves, self.level)
+                for k in ("exponent", "low", "high", "n"):
+                    fits[k][h, r] = fit[k]
+                with np.errstate(all="ignore"):  # the drawn line: the seeds' prefactors' geometric mean
+                    fits["prefactor"][h, r] = float(np.exp(np.nanmean(np.log(fit["prefactors"]))))
+        return fits
 
     def peak_compression(self, traj: xr.DataArray, n: xr.DataArray) -> xr.Dataset:
         """The largest Lambda along each run's trajectory, its mean over seeds and its exponent in P. With the
@@ -185,6 +206,8 @@ class Stripe(Analysis):
                  f"{float(result['beta_predicted'].sel(regime='feature')):.3f}"
                  + (f" ((2d - 1) / (3d - 2) = {float(result['beta_interface']):.3f} for one informative direction)"
                     if "beta_interface" in result and np.isfinite(float(result["beta_interface"])) else "")]
+        if "beta_fit" in result.attrs:
+            lines.append(f"beta fitted on {result.attrs['beta_fit']}")
         for h in result["h"].values:
             for regime in result["regime"].values:
                 r = result.sel(h=h, regime=regime)

@@ -323,3 +323,26 @@ def test_compression_grows_with_P_in_the_feature_regime_only(tmp_path):
     result = Stripe().compute(cube).isel(h=0)
     assert float(result["lambda_peak_exponent"].sel(regime="feature")) > 0.25
     assert abs(float(result["lambda_exponent"].sel(regime="lazy"))) < 0.05
+
+
+def test_with_a_training_set_per_seed_beta_comes_from_every_seeds_curve():
+    """dataset.training = per_seed: the seeds' curves are independent, and beta is their common slope on log-log
+    axes (each seed its own prefactor), the within-seed least squares computed here by hand."""
+    from dlphase.analyses.dispatch import analyze
+
+    cube = stripe_cube(noise=0.2, seed=5)
+    rng = np.random.default_rng(1)
+    cube["test_error"] = cube["test_error"] * xr.DataArray(rng.uniform(0.7, 1.3, cube.sizes["seed"]), dims="seed")
+    shared = analyze(cube, "stripe")[1]
+    per_seed = analyze(cube.assign_attrs(spec_toml=cube.attrs["spec_toml"] + 'training = "per_seed"\n'), "stripe")[1]
+    assert shared.attrs["beta_fit"] == "the mean over seeds"
+    assert per_seed.attrs["beta_fit"].startswith("one exponent over the seeds' curves")
+    for regime in ("feature", "lazy"):
+        y = np.log(cube["test_error"].sel(alpha_tilde=cube["alpha_tilde"][0 if regime == "feature" else 1]).values[0])
+        x = np.log(cube["P"].values.astype(float))
+        xc, yc = x - x.mean(), y - y.mean(axis=0)
+        slope = (xc[:, None] * yc).sum() / (len(y[0]) * (xc ** 2).sum())
+        r = per_seed.isel(h=0).sel(regime=regime)
+        assert float(r["beta"]) == pytest.approx(-slope, rel=1e-10)
+        assert float(r["beta_low"]) < -slope < float(r["beta_high"])
+        assert float(r["beta"]) != pytest.approx(float(shared.isel(h=0).sel(regime=regime)["beta"]), rel=1e-6)
