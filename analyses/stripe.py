@@ -206,8 +206,6 @@ class Stripe(Analysis):
                  f"{float(result['beta_predicted'].sel(regime='feature')):.3f}"
                  + (f" ((2d - 1) / (3d - 2) = {float(result['beta_interface']):.3f} for one informative direction)"
                     if "beta_interface" in result and np.isfinite(float(result["beta_interface"])) else "")]
-        if "beta_fit" in result.attrs:
-            lines.append(f"beta fitted on {result.attrs['beta_fit']}")
         for h in result["h"].values:
             for regime in result["regime"].values:
                 r = result.sel(h=h, regime=regime)
@@ -222,6 +220,8 @@ class Stripe(Analysis):
                                  f"P^{float(r['lambda_peak_exponent']):.3f} "
                                  f"[{float(r['lambda_peak_low']):.3f}, {float(r['lambda_peak_high']):.3f}], from "
                                  f"{float(r['lambda_peak_mean'][0]):.3g} to {float(r['lambda_peak_mean'][-1]):.3g}")
+        if "beta_fit" in result.attrs:
+            lines.append(f"beta fitted on {result.attrs['beta_fit']}")
         if "compressed_beta" in result:
             lines.append(f"kernel on {_compressed_label(result)}: beta = "
                          f"{float(result['compressed_beta']):.3f} "
