@@ -107,10 +107,11 @@ class Stripe(Analysis):
             "lambda_init_mean": init.assign_attrs(long_name="<Lambda> at initialisation"),
         }).transpose("h", "regime", "P")
         pct = f"{self.level:.0%}"
-        fits, _ = power_law_fits(out["P"].astype(float), out["test_error_mean"], "P", self.level)
         independent = _spec_value(cube, "dataset", "training") == "per_seed" and cube.sizes["seed"] > 1
         if independent:
-            fits = self.seed_curves_fit(eps.transpose("h", "regime", "P", "seed"), fits)
+            fits = self.seed_curves_fit(eps.transpose("h", "regime", "P", "seed"))
+        else:
+            fits, _ = power_law_fits(out["P"].astype(float), out["test_error_mean"], "P", self.level)
         # eps ~ P^(-beta): beta is minus the fitted exponent, and the interval flips
         out["beta"] = (-fits["exponent"]).assign_attrs(long_name="beta of <eps(f)> ~ P^(-beta)")
         out["beta_low"] = (-fits["high"]).assign_attrs(long_name=f"low end of the {pct} interval of beta")
@@ -143,21 +144,23 @@ class Stripe(Analysis):
                                        "own" if independent else "the mean over seeds")})
         return out
 
-    def seed_curves_fit(self, eps: xr.DataArray, fits: dict) -> dict:
-        """beta from every seed's curve eps_s(P) = A_s P^(-beta), one exponent with a prefactor per seed. Valid
-        where the seeds train on independent training sets (dataset.training = per_seed): their curves are then
-        independent samples of the learning curve, and the fit uses all of their points, not just the means'."""
-        fits = {k: v.copy() for k, v in fits.items()}
-        for h in range(eps.sizes["h"]):
-            for r in range(eps.sizes["regime"]):
-                curves = [(eps["P"].values.astype(float), eps.isel(h=h, regime=r, seed=s).values)
-                          for s in range(eps.sizes["seed"])]
-                fit = common_slope_fit(curves, self.level)
-                for k in ("exponent", "low", "high", "n"):
-                    fits[k][h, r] = fit[k]
-                with np.errstate(all="ignore"):  # the drawn line: the seeds' prefactors' geometric mean
-                    fits["prefactor"][h, r] = float(np.exp(np.nanmean(np.log(fit["prefactors"]))))
-        return fits
+    def seed_curves_fit(self, eps: xr.DataArray) -> dict[str, xr.DataArray]:
+        """beta from every seed's curve eps_s(P) = A_s P^(-beta), one exponent with a prefactor per seed, over
+        (h, regime) as :func:`power_law_fits` gives them. Valid where the seeds train on independent training sets
+        (dataset.training = per_seed): their curves are then independent samples of the learning curve, and the
+        fit uses all of their points, not just the means'."""
+        fits = {k: np.full((eps.sizes["h"], eps.sizes["regime"]), np.nan)
+                for k in ("exponent", "low", "high", "prefactor", "n")}
+        P = eps["P"].values.astype(float)
+        for h, r in np.ndindex(*fits["n"].shape):
+            fit = common_slope_fit([(P, seed.values) for seed in eps.isel(h=h, regime=r).transpose("seed", "P")],
+                                   self.level)
+            for k in ("exponent", "low", "high", "n"):
+                fits[k][h, r] = fit[k]
+            with np.errstate(all="ignore"):  # the drawn line: the seeds' prefactors' geometric mean
+                fits["prefactor"][h, r] = float(np.exp(np.nanmean(np.log(fit["prefactors"]))))
+        coords = {d: eps[d] for d in ("h", "regime")}
+        return {k: xr.DataArray(v, dims=("h", "regime"), coords=coords) for k, v in fits.items()}
 
     def peak_compression(self, traj: xr.DataArray, n: xr.DataArray) -> xr.Dataset:
         """The largest Lambda along each run's trajectory, its mean over seeds and its exponent in P. With the
