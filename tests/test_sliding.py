@@ -6,7 +6,7 @@ taken from the kernel cache."""
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import lsq_linear
+from scipy.optimize import lsq_linear, minimize
 
 from dlphase import AlphaModel, TorchData
 from dlphase.ensemble_net import EnsembleNet, ensemble_of
@@ -38,6 +38,24 @@ def test_box_qp_matches_bvls(m, n):
     assert 0 < int(((w > 0) & (w < 1)).sum()) < n   # the box binds somewhere, and not everywhere
     if m >= n:
         np.testing.assert_allclose(w.numpy(), ref, atol=1e-8)
+
+
+
+def test_box_qp_with_far_more_weights_than_rank():
+    """Theta_SS of more sliding margins than the net has parameters: Q = A^T A of rank 20 in 100 weights, and an r
+    off Q's range, so that the objective falls along Q's null directions until the box stops it. The minimum
+    against scipy's L-BFGS-B."""
+    rng = np.random.default_rng(20)
+    A = rng.standard_normal((20, 100)) * np.logspace(0, 1, 100)
+    Q, r = A.T @ A, A.T @ rng.standard_normal(20) * 10 + rng.standard_normal(100)
+    cost = lambda v: 0.5 * v @ Q @ v - r @ v  # noqa: E731
+    ref = minimize(cost, np.full(100, 0.5), jac=lambda v: Q @ v - r, method="L-BFGS-B", bounds=[(0, 1)] * 100,
+                   options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 100000})
+    w, iterations = box_qp(torch.as_tensor(Q), torch.as_tensor(r), torch.full((100,), 0.5, dtype=torch.float64),
+                           max_iter=1000)
+    assert iterations < 1000 and bool(((w >= 0) & (w <= 1)).all())
+    assert cost(w.numpy()) == pytest.approx(ref.fun, rel=1e-12)
+    assert 0 < int(((w > 0) & (w < 1)).sum()) <= 20   # as many weights inside the box as Q's rank at most
 
 
 @pytest.mark.parametrize("arch,shape", [(FC(depth=2, activation="relu", bias=True), (5,)),
