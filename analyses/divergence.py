@@ -1,6 +1,7 @@
 """Near the jamming transition: from the over-parametrised side the norm of the predictor diverges as
 |f| ~ (N / N* - 1)^(-gamma); on the jammed side the spectrum of the Hessian H of U acquires a scale lambda ~ sqrt(U),
-the size to which Hp = sum Delta Hess Delta lifts the zero modes of H0."""
+the size to which Hp = sum Delta Hess Delta lifts the zero modes of H0: read as ||Hp|| and as the median lifted
+eigenvalue."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from dlphase.specs import probability
 
 from .ensemble import jammed_anywhere, parameters, too_few, usable
 from .jamming_plane import at_width, descent_directions
-from .stats import common_slope_fit, power_law_fit
+from .stats import common_slope_fit, power_law_fit, power_law_fit2
 
 SPECTRUM = ("hess_eig_h", "hess_rank_h0", "hess_energy")
 
@@ -42,7 +43,8 @@ class Divergence(Analysis):
     (h_J) and the first width above where it converged (h_C), N* between their N, and |f| at the converged widths
     against N / N* - 1, with one exponent gamma over the seeds' curves up to ``max_distance``. Where the cube holds
     dense Hessian spectra: each jammed run's scale lambda (median |eigenvalue| of H over H0's flat directions)
-    against its U, and lambda ~ U^b over the runs at a minimum of U."""
+    against its U, and lambda ~ U^b over the runs at a minimum of U; where they hold Hp's spectrum, ||Hp|| ~ U^b
+    over every jammed run, and ||Hp|| ~ U^b N_Delta^c."""
 
     name: ClassVar[str] = "divergence"
     requires: ClassVar = ("f_norm", "n_delta", "n_params")
@@ -118,6 +120,8 @@ class Divergence(Analysis):
 
         if all(v in cube for v in SPECTRUM) and "h" in cube["hess_eig_h"].dims:
             self._spectrum_scale(cube, ok, out)
+        if "hess_eig_hp" in cube and "hess_energy" in cube and "h" in cube["hess_eig_hp"].dims:
+            self._hp_scale(cube, ok, out)
         out.attrs.update({"analysis": self.name, "over": self.over, "n_star_choice": self.n_star,
                           "max_distance": self.max_distance, "level": self.level, "minima_only": int(self.minima_only),
                           "per_seed": int(self.per_seed)})
@@ -186,12 +190,59 @@ class Divergence(Analysis):
                                 out["lambda_scale"].isel(sel).where(used).values, self.level)
             for k in fits:
                 fits[k][idx] = fit[k]
-        for k, doc in (("exponent", "exponent b of lambda ~ U^b (the claim: 1/2)"),
+        self._store_fit(out, "lambda", "lambda", fits, cube, rest)
+
+    def _hp_scale(self, cube: xr.Dataset, ok: xr.DataArray, out: xr.Dataset) -> None:
+        """||Hp|| (largest |eigenvalue| of Hp) of every jammed run, and ||Hp|| ~ U^b per point of the other dims.
+        Hp = sum_mu Delta_mu Hess Delta_mu: a sum of N_Delta terms with weights Delta_mu and little coherence between
+        their curvatures has a spectral scale ~ sqrt(sum Delta^2) = sqrt(2 U), whatever N_Delta is; it is the scale
+        by which Hp moves H's spectrum off H0's (and lifts H0's flat directions). Every jammed run counts: Hp is set
+        by the Delta's and needs no minimum of U."""
+        grid = list(cube["hess_eig_hp"].dims[:-1])
+        eig = np.abs(cube["hess_eig_hp"].transpose(*grid, "hess_eig").values)
+        jammed = ((cube["n_delta"] > 0) & ok).transpose(*grid).values
+        u = cube["hess_energy"].transpose(*grid).values
+        norm = np.full(jammed.shape, np.nan)
+        for idx in np.ndindex(*jammed.shape):
+            e = eig[idx][np.isfinite(eig[idx])]
+            if jammed[idx] and len(e) and u[idx] > 0:
+                norm[idx] = e.max()
+        coords = {d: cube[d] for d in grid}
+        out["hp_norm"] = xr.DataArray(norm, dims=grid, coords=coords, attrs={
+            "long_name": "||Hp||: largest |eigenvalue| of Hp = sum Delta Hess Delta (jammed runs)"})
+        out["hp_energy"] = xr.DataArray(np.where(np.isfinite(norm), u, np.nan), dims=grid, coords=coords,
+                                        attrs={"long_name": "U at the end (jammed runs with a spectrum of Hp)"})
+        rest = [d for d in grid if d not in ("h", self.over)]
+        fits = {k: np.full([cube.sizes[d] for d in rest], np.nan) for k in ("exponent", "low", "high", "prefactor",
+                                                                           "n")}
+        both = {k: np.full(fits["n"].shape, np.nan) for k in ("b2", "b2_low", "b2_high")}
+        n_delta = cube["n_delta"].where(out["hp_norm"].notnull())
+        for idx in np.ndindex(*fits["n"].shape):
+            sel = dict(zip(rest, idx))
+            fit = power_law_fit(out["hp_energy"].isel(sel).values, out["hp_norm"].isel(sel).values, self.level)
+            for k in fits:
+                fits[k][idx] = fit[k]
+            fit = power_law_fit2(out["hp_energy"].isel(sel).values, n_delta.isel(sel).transpose(*out["hp_norm"].isel(
+                sel).dims).values, out["hp_norm"].isel(sel).values, self.level)
+            for k in both:
+                both[k][idx] = fit[k]
+        # with N_Delta beside U: incoherent terms give ||Hp|| ~ sqrt(U) at any N_Delta (c = 0), coherent ones
+        # ||Hp|| ~ sum |Delta| ~ sqrt(U N_Delta) (c = 1/2)
+        for k, doc in (("b2", "c of ||Hp|| ~ U^b N_Delta^c (incoherent terms: 0, coherent: 1/2)"),
+                       ("b2_low", f"low end of the {self.level:.0%} interval of c"),
+                       ("b2_high", f"high end of the {self.level:.0%} interval of c")):
+            out[k.replace("b2", "hp_n_delta_exponent")] = xr.DataArray(
+                both[k], dims=rest, coords={d: cube[d] for d in rest}, attrs={"long_name": doc})
+        self._store_fit(out, "hp", "||Hp||", fits, cube, rest)
+
+    def _store_fit(self, out: xr.Dataset, prefix: str, what: str, fits: dict, cube: xr.Dataset, rest: list[str]):
+        """The fit of ``what`` ~ U^b (arrays over ``rest``) as the variables prefix_exponent, _low, _high, ..."""
+        for k, doc in (("exponent", f"exponent b of {what} ~ U^b (the claim: 1/2)"),
                        ("low", f"low end of the {self.level:.0%} interval of b"),
                        ("high", f"high end of the {self.level:.0%} interval of b"),
-                       ("prefactor", "A of lambda = A U^b"), ("n", "jammed runs in the fit")):
-            out[f"lambda_{k}"] = xr.DataArray(fits[k], dims=rest, coords={d: cube[d] for d in rest},
-                                              attrs={"long_name": doc})
+                       ("prefactor", f"A of {what} = A U^b"), ("n", "jammed runs in the fit")):
+            out[f"{prefix}_{k}"] = xr.DataArray(fits[k], dims=rest, coords={d: cube[d] for d in rest},
+                                                attrs={"long_name": doc})
 
     def summary(self, result: xr.Dataset) -> list[str]:
         from .curves import groups
@@ -227,6 +278,16 @@ class Divergence(Analysis):
                              f"flat directions that Hp lifts: {int(np.isfinite(lam).sum())}; of these at a minimum "
                              f"of U (no eigenvalue of H < 0): {int((np.isfinite(lam) & (d == 0)).sum())}"
                              + ("" if result.attrs["minima_only"] else " (all are fitted: --no-minima-only)"))
+            if "hp_exponent" in result:
+                b = float(r["hp_exponent"])
+                lines.append(f"  jammed side: ||Hp|| ~ U^{b:.3f} [{float(r['hp_low']):.3f}, {float(r['hp_high']):.3f}] "
+                             f"over {int(r['hp_n'])} runs (the claim: 1/2)" if np.isfinite(b) else
+                             "  jammed side: fewer than 3 runs for the fit of ||Hp|| against U")
+                c = float(r["hp_n_delta_exponent"])
+                if np.isfinite(c):
+                    lines.append(f"  ||Hp|| ~ U^b N_Delta^c: c = {c:.3f} [{float(r['hp_n_delta_exponent_low']):.3f}, "
+                                 f"{float(r['hp_n_delta_exponent_high']):.3f}] (0: Hp's terms add incoherently, "
+                                 f"its scale is sqrt(U) at any N_Delta; 1/2: coherently)")
         if np.isfinite(float(result["pooled_gamma"])) and result["gamma"].size > 1:
             lines.append(f"every curve: gamma = {float(result['pooled_gamma']):.3f} "
                          f"[{float(result['pooled_gamma_low']):.3f}, {float(result['pooled_gamma_high']):.3f}]")
@@ -240,7 +301,7 @@ class Divergence(Analysis):
         bokeh = backend == "bokeh"
         size = {"size": 8} if bokeh else {"s": 40}
         faint = {"size": 6, "alpha": 0.35} if bokeh else {"s": 20, "alpha": 0.35}
-        norms, scales = [], []
+        norms, scales, hps = [], [], []
         for i, (sel, label, _) in enumerate(groups(result["gamma"], None)):
             color = PALETTE[i % len(PALETTE)]
             r = result.sel(sel)
@@ -279,11 +340,26 @@ class Divergence(Analysis):
                     top = np.argmax(u[keep])
                     scales.append(hv.Curve((us, lam[keep][top] * (us / u[keep][top]) ** 0.5), "U", "lambda",
                                            label="U^1/2").opts(**style(backend, "#7f7f7f", "dotted")))
+            if "hp_norm" in r:
+                u, hp = r["hp_energy"].values.ravel(), r["hp_norm"].values.ravel()
+                keep = np.isfinite(u) & np.isfinite(hp) & (u > 0) & (hp > 0)
+                if keep.any():
+                    hps.append(hv.Scatter((u[keep], hp[keep]), "U", "||Hp||", label=label).opts(color=color, **size))
+                    b, a = float(r["hp_exponent"]), float(r["hp_prefactor"])
+                    us = np.geomspace(u[keep].min(), u[keep].max(), 20)
+                    if np.isfinite(b):
+                        hps.append(hv.Curve((us, a * us ** b), "U", "||Hp||", label=f"U^{b:.2f}")
+                                   .opts(**style(backend, color, "dashed")))
+                        hps.append(hv.Curve((us, a * np.sqrt(us) * np.exp((b - 0.5) * np.log(us).mean())), "U",
+                                            "||Hp||", label="U^1/2").opts(**style(backend, "#7f7f7f", "dotted")))
         panels = [finish(hv.Overlay(norms), backend, "|f| diverges toward jamming from above", "N / N* - 1",
                          "|f| (RMS over the test set)", logx=True, logy=True)]
         if scales:
             panels.append(finish(hv.Overlay(scales), backend, "jammed side: the scale of H's flat directions",
                                  "U at the end", "lambda", logx=True, logy=True))
+        if hps:
+            panels.append(finish(hv.Overlay(hps), backend, "jammed side: the scale of Hp = sum Delta Hess Delta",
+                                 "U at the end", "||Hp|| (largest |eigenvalue|)", logx=True, logy=True))
         return stack(panels, backend)
 
 

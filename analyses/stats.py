@@ -27,6 +27,31 @@ def power_law_fit(x, y, level: float = 0.95) -> dict[str, float]:
     return out
 
 
+def power_law_fit2(x1, x2, y, level: float = 0.95) -> dict[str, float]:
+    """Fit y = A x1^b1 x2^b2 by least squares on the logs over the points where all are finite and > 0: the two
+    exponents with their ``level`` intervals (Student t, n - 3 degrees of freedom) and n; NaN where the points do
+    not fix both (n < 4, or log x1 and log x2 collinear)."""
+    x1, x2, y = (np.asarray(v, dtype=float).ravel() for v in (x1, x2, y))
+    ok = np.isfinite(x1) & np.isfinite(x2) & np.isfinite(y) & (x1 > 0) & (x2 > 0) & (y > 0)
+    n = int(ok.sum())
+    out = {k: math.nan for k in ("b1", "b1_low", "b1_high", "b2", "b2_low", "b2_high")} | {"n": n}
+    if n < 4:
+        return out
+    A = np.column_stack([np.ones(n), np.log(x1[ok]), np.log(x2[ok])])
+    if np.linalg.matrix_rank(A) < 3:
+        return out
+    import scipy.stats
+
+    coef, *_ = np.linalg.lstsq(A, np.log(y[ok]), rcond=None)
+    resid = np.log(y[ok]) - A @ coef
+    cov = resid @ resid / (n - 3) * np.linalg.inv(A.T @ A)
+    t = scipy.stats.t.ppf((1 + level) / 2, n - 3)
+    for k, i in (("b1", 1), ("b2", 2)):
+        half = t * math.sqrt(cov[i, i])
+        out.update({k: float(coef[i]), f"{k}_low": float(coef[i] - half), f"{k}_high": float(coef[i] + half)})
+    return out
+
+
 def power_law_fits(x, y, along: str, level: float = 0.95):
     """:func:`power_law_fit` of the DataArray ``y`` against ``x`` (broadcast to it) along the dim ``along``, at every
     point of y's other dims. Returns ({exponent, low, high, prefactor, n}: DataArrays over those dims, and the

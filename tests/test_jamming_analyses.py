@@ -79,11 +79,13 @@ def test_jamming_plane_calls_a_linear_law_linear():
 
 
 def divergence_cube(gamma=1.5, B=0.2, widths=(4, 6, 8, 10, 12, 14, 16, 20, 24, 32, 48, 64), jams=(12, 12, 12, 12),
-                    u0=3.0, noise=0.03, seed=0):
+                    u0=3.0, noise=0.03, seed=0, coherent=False):
     """Seed s jams at the widths up to jams[s]; its N*_s is N at the geometric mean of that width and the next; where
     it converges |f| = B (N / N*_s - 1)^-gamma (times noise). Jammed runs carry a dense spectrum: N_Delta
     eigenvalues of H0 order 1..10, and N - N_Delta flat directions lifted to 0.7 sqrt(U) (spread by a factor 2
-    around it), with U = u0 (1 - N / N*_s)^2; at h = 10 seed 0 one of them is negative (not a minimum)."""
+    around it), with U = u0 (1 - N / N*_s)^2; at h = 10 seed 0 one of them is negative (not a minimum). Hp's
+    spectrum spans +-0.4 sqrt(U) times a factor exp(0.1 z) of the run (z standard normal); +-0.4 sqrt(U N_Delta)
+    where ``coherent``."""
     rng = np.random.default_rng(seed)
     h = np.asarray(widths)
     n = n_of(h).astype(float)
@@ -101,6 +103,8 @@ def divergence_cube(gamma=1.5, B=0.2, widths=(4, 6, 8, 10, 12, 14, 16, 20, 24, 3
     u = np.where(n_delta > 0, u0 * (1 - ratio) ** 2 + 1e-3, 0.0)
     width = int(n.max())
     eig = np.full(shape + (width,), np.nan)
+    hp = np.full(shape + (width,), np.nan)
+    hp_factor = np.exp(0.1 * rng.standard_normal(shape))
     rank = np.zeros(shape)
     for idx in np.ndindex(*shape):
         nd = int(n_delta[idx])
@@ -109,11 +113,14 @@ def divergence_cube(gamma=1.5, B=0.2, widths=(4, 6, 8, 10, 12, 14, 16, 20, 24, 3
         flat = 0.7 * np.sqrt(u[idx]) * np.geomspace(0.5, 2.0, int(n[idx[0]]) - nd)
         stiff = np.geomspace(1.0, 10.0, nd) + 5.0
         eig[idx][: int(n[idx[0]])] = np.sort(np.concatenate([flat, stiff]))
+        hp[idx][: int(n[idx[0]])] = (0.4 * np.sqrt(u[idx] * (nd if coherent else 1)) * hp_factor[idx]
+                                     * np.linspace(-1, 1, int(n[idx[0]])))
         rank[idx] = nd
     eig[list(h).index(10), 0, 0, 0, 0] *= -1  # one run short of its minimum: a descent direction
     status = np.where(n_delta > 0, "budget", "converged").astype(object)
     return xr.Dataset({"n_delta": (GRID, n_delta), "n_params": (("h",), n), "f_norm": (GRID, f_norm),
-                       "hess_eig_h": (GRID + ("hess_eig",), eig), "hess_rank_h0": (GRID, rank),
+                       "hess_eig_h": (GRID + ("hess_eig",), eig), "hess_eig_hp": (GRID + ("hess_eig",), hp),
+                       "hess_rank_h0": (GRID, rank),
                        "hess_energy": (GRID, u), "status": (GRID, status)},
                       coords={"h": h, "alpha_tilde": [1.0], "P": [500], "seed": np.arange(seeds)}), n_star
 
@@ -153,6 +160,19 @@ def test_divergence_recovers_gamma_and_the_sqrt_u_scale():
     assert "lambda ~ U^0.50" in lines[1]
     assert "with flat directions that Hp lifts: 20; of these at a minimum of U (no eigenvalue of H < 0): 19" \
         in lines[2]
+    # ||Hp|| over every jammed run, at a minimum or not: the planted 0.4 sqrt(U), scattered by 10%
+    assert int(r["hp_n"]) == 5 * 4
+    planted = 0.4 * np.sqrt(cube["hess_energy"])
+    ratio = (r["hp_norm"] / planted.sel(alpha_tilde=1.0, P=500)).values
+    assert np.isnan(ratio[5:]).all() and bool((np.abs(np.log(ratio[:5])) < 0.5).all())   # jammed only: h = 4..12
+    assert float(r["hp_low"]) < 0.5 < float(r["hp_high"]) and float(r["hp_exponent"]) == pytest.approx(0.5, abs=0.05)
+    assert f"||Hp|| ~ U^{float(r['hp_exponent']):.3f}" in lines[3] and "over 20 runs" in lines[3]
+    # with N_Delta beside U the planted scale is sqrt(U) at any N_Delta, and coherent terms are told apart
+    assert float(r["hp_n_delta_exponent_low"]) < 0 < float(r["hp_n_delta_exponent_high"]) < 0.5
+    assert "N_Delta^c: c = " in lines[4]
+    coherent = Divergence(max_distance=100, per_seed=False).compute(divergence_cube(coherent=True)[0])
+    c = coherent.sel(alpha_tilde=1.0, P=500)
+    assert 0 < float(c["hp_n_delta_exponent_low"]) < 0.5 < float(c["hp_n_delta_exponent_high"])
 
 
 def test_divergence_per_seed_finds_each_seeds_transition():
