@@ -180,17 +180,7 @@ class Divergence(Analysis):
         out["lambda_used"] = fitted.assign_attrs(long_name="jammed runs in the fit of lambda against U")
         out["energy"] = cube["hess_energy"].where(out["lambda_scale"].notnull()).assign_attrs(
             long_name="U at the end (jammed runs)")
-        rest = [d for d in grid if d not in ("h", self.over)]
-        fits = {k: np.full([cube.sizes[d] for d in rest], np.nan) for k in ("exponent", "low", "high", "prefactor",
-                                                                           "n")}
-        for idx in np.ndindex(*fits["n"].shape):
-            sel = dict(zip(rest, idx))
-            used = out["lambda_used"].isel(sel)
-            fit = power_law_fit(out["energy"].isel(sel).where(used).values,
-                                out["lambda_scale"].isel(sel).where(used).values, self.level)
-            for k in fits:
-                fits[k][idx] = fit[k]
-        self._store_fit(out, "lambda", "lambda", fits, cube, rest)
+        self._u_law(out, "lambda", "lambda", out["energy"].where(fitted), out["lambda_scale"].where(fitted), cube)
 
     def _hp_scale(self, cube: xr.Dataset, ok: xr.DataArray, out: xr.Dataset) -> None:
         """||Hp|| (largest |eigenvalue| of Hp) of every jammed run, and ||Hp|| ~ U^b per point of the other dims.
@@ -212,31 +202,38 @@ class Divergence(Analysis):
             "long_name": "||Hp||: largest |eigenvalue| of Hp = sum Delta Hess Delta (jammed runs)"})
         out["hp_energy"] = xr.DataArray(np.where(np.isfinite(norm), u, np.nan), dims=grid, coords=coords,
                                         attrs={"long_name": "U at the end (jammed runs with a spectrum of Hp)"})
-        rest = [d for d in grid if d not in ("h", self.over)]
-        fits = {k: np.full([cube.sizes[d] for d in rest], np.nan) for k in ("exponent", "low", "high", "prefactor",
-                                                                           "n")}
-        both = {k: np.full(fits["n"].shape, np.nan) for k in ("b2", "b2_low", "b2_high")}
-        n_delta = cube["n_delta"].where(out["hp_norm"].notnull())
-        for idx in np.ndindex(*fits["n"].shape):
-            sel = dict(zip(rest, idx))
-            fit = power_law_fit(out["hp_energy"].isel(sel).values, out["hp_norm"].isel(sel).values, self.level)
-            for k in fits:
-                fits[k][idx] = fit[k]
-            fit = power_law_fit2(out["hp_energy"].isel(sel).values, n_delta.isel(sel).transpose(*out["hp_norm"].isel(
-                sel).dims).values, out["hp_norm"].isel(sel).values, self.level)
-            for k in both:
-                both[k][idx] = fit[k]
+        self._u_law(out, "hp", "||Hp||", out["hp_energy"], out["hp_norm"], cube)
         # with N_Delta beside U: incoherent terms give ||Hp|| ~ sqrt(U) at any N_Delta (c = 0), coherent ones
         # ||Hp|| ~ sum |Delta| ~ sqrt(U N_Delta) (c = 1/2)
-        for k, doc in (("b2", "c of ||Hp|| ~ U^b N_Delta^c (incoherent terms: 0, coherent: 1/2)"),
-                       ("b2_low", f"low end of the {self.level:.0%} interval of c"),
-                       ("b2_high", f"high end of the {self.level:.0%} interval of c")):
-            out[k.replace("b2", "hp_n_delta_exponent")] = xr.DataArray(
-                both[k], dims=rest, coords={d: cube[d] for d in rest}, attrs={"long_name": doc})
-        self._store_fit(out, "hp", "||Hp||", fits, cube, rest)
+        n_delta = cube["n_delta"].transpose(*grid)
+        rest = [d for d in grid if d not in ("h", self.over)]
+        docs = {"": "c of ||Hp|| ~ U^b N_Delta^c (incoherent terms: 0, coherent: 1/2)",
+                "_low": f"low end of the {self.level:.0%} interval of c",
+                "_high": f"high end of the {self.level:.0%} interval of c"}
+        c = {end: np.full([cube.sizes[d] for d in rest], np.nan) for end in docs}
+        for idx in np.ndindex(*c[""].shape):
+            sel = dict(zip(rest, idx))
+            fit = power_law_fit2(out["hp_energy"].isel(sel).values, n_delta.isel(sel).values,
+                                 out["hp_norm"].isel(sel).values, self.level)
+            for end in docs:
+                c[end][idx] = fit[f"b2{end}"]
+        for end, doc in docs.items():
+            out[f"hp_n_delta_exponent{end}"] = xr.DataArray(c[end], dims=rest, coords={d: cube[d] for d in rest},
+                                                            attrs={"long_name": doc})
 
-    def _store_fit(self, out: xr.Dataset, prefix: str, what: str, fits: dict, cube: xr.Dataset, rest: list[str]):
-        """The fit of ``what`` ~ U^b (arrays over ``rest``) as the variables prefix_exponent, _low, _high, ..."""
+    def _u_law(self, out: xr.Dataset, prefix: str, what: str, energy: xr.DataArray, scale: xr.DataArray,
+               cube: xr.Dataset) -> None:
+        """``what`` ~ U^b fitted over h and the seeds at each point of the other dims, stored as prefix_exponent,
+        _low, _high, _prefactor and _n; points where either is NaN are left out."""
+        rest = [d for d in scale.dims if d not in ("h", self.over)]
+        energy = energy.transpose(*scale.dims)
+        fits = {k: np.full([cube.sizes[d] for d in rest], np.nan) for k in ("exponent", "low", "high", "prefactor",
+                                                                           "n")}
+        for idx in np.ndindex(*fits["n"].shape):
+            sel = dict(zip(rest, idx))
+            fit = power_law_fit(energy.isel(sel).values, scale.isel(sel).values, self.level)
+            for k in fits:
+                fits[k][idx] = fit[k]
         for k, doc in (("exponent", f"exponent b of {what} ~ U^b (the claim: 1/2)"),
                        ("low", f"low end of the {self.level:.0%} interval of b"),
                        ("high", f"high end of the {self.level:.0%} interval of b"),

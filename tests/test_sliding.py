@@ -40,7 +40,6 @@ def test_box_qp_matches_bvls(m, n):
         np.testing.assert_allclose(w.numpy(), ref, atol=1e-8)
 
 
-
 def test_box_qp_with_far_more_weights_than_rank():
     """Theta_SS of more sliding margins than the net has parameters: Q = A^T A of rank 20 in 100 weights, and an r
     off Q's range, so that the objective falls along Q's null directions until the box stops it. The minimum

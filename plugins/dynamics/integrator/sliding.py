@@ -56,13 +56,13 @@ def _armijo(Q, r, w, f, grad, d):
     f(w(s)) <= f + 1e-4 grad . (w(s) - w), else the last; returns (w(s), f(w(s))). The candidates are judged in
     blocks, each with one product Q @ [w(s_k)...]: long searches are common where Q is far from full rank, and one
     matrix product reads Q once where a product per step would read it once per step."""
-    for first, last in ((0, 2), (2, 10), (10, 41)):
+    blocks = ((0, 2), (2, 10), (10, 41))
+    for first, last in blocks:
         steps = 0.5 ** torch.arange(first, last, dtype=w.dtype, device=w.device)
         trials = (w[:, None] + d[:, None] * steps[None, :]).clamp(0, 1)
         values = 0.5 * (trials * (Q @ trials)).sum(0) - r @ trials
         ok = values <= f + 1e-4 * (grad @ (trials - w[:, None]))
-        if last == 41:
-            ok[-1] = True
+        ok[-1] |= last == blocks[-1][1]  # the smallest step is taken whatever it gives
         hit = torch.nonzero(ok).flatten()
         if len(hit):
             k = int(hit[0])
