@@ -53,34 +53,15 @@ class CNNEnsemble(EnsembleNet):
 
     def _per_sample(self, params, x):
         """Every member's per-sample pieces of d f~(x_n) / d theta: for each conv layer the unfolded inputs
-        U (n, M, C k^2, P) (shared by the members for the first layer: (n, 1, C k^2, P)) and the output
-        gradients delta (n, M, h, P); the pooled read-out inputs (n, M, h) / sqrt(h). Convolutions are
-        products with the unfolded inputs, and the backward pass folds them back (col2im), by hand."""
-        ws, bs, readout = self._split(params)
-        M, n, h = len(readout), len(x), self.h
-        geometry = [dict(kernel_size=self.k, padding=self.padding, stride=s) for s in self.strides]
-        units, pre, sizes = [], [], []
-        z = x
-        for i, w in enumerate(ws):
-            if i > 0:
-                z = self.sigma(pre[-1]).reshape(n, M * h, *sizes[-1])
-            u = F.unfold(z, **geometry[i])
-            units.append(u.reshape(n, 1 if i == 0 else M, -1, u.shape[-1]))
-            a = torch.matmul((w * self.scales[i]).reshape(M, h, -1), units[-1])        # (n, M, h, P)
-            if bs is not None:
-                a = a + bs[i][None, :, :, None]
-            pre.append(a)
-            sizes.append(self._out_size(z.shape[-2:], i))
-        d_act = DERIVATIVES[self.activation]
-        p_last = pre[-1].shape[-1]
-        pooled = self.sigma(pre[-1]).mean(-1) / math.sqrt(h)                         # (n, M, h)
-        delta = d_act(pre[-1]) * (readout[None, :, :, None] / (math.sqrt(h) * p_last))
-        deltas = [delta]
-        for i in range(len(ws) - 1, 0, -1):
-            du = torch.matmul((ws[i] * self.scales[i]).reshape(M, h, -1).transpose(1, 2), delta)
-            dz = F.fold(du.reshape(n, -1, du.shape[-1]), output_size=sizes[i - 1], **geometry[i])
-            delta = dz.reshape(n, M, h, -1) * d_act(pre[i - 1])
-            deltas.insert(0, delta)
+        U (1 or M, n P_i, k k C) of :meth:`forward` and the output gradients delta (M, n P_i, h) of f~(x_n) alone,
+        and the pooled read-out inputs (M, n, h) / sqrt(h). Sample n's pixels depend on x_n only, so the
+        back-propagation of dout = 1 gives every sample's own delta at once."""
+        ws, _, readout = self._split(params)
+        out, ctx = self.forward(params, x, grad=True)
+        units, _, shapes, pooled = ctx
+        deltas = [None] * self.depth
+        for i, delta in self._deltas(ws, readout, self.slopes(ctx), shapes, torch.ones_like(out)):
+            deltas[i] = delta
         return units, deltas, pooled
 
     def elements_per_member(self, n):
@@ -156,22 +137,29 @@ class CNNEnsemble(EnsembleNet):
             slopes = self.slopes(ctx)
         return self._backprop(ws, bs is not None, readout, units, slopes, shapes, pooled, dout)
 
-    def _backprop(self, ws, bias, readout, units, slopes, shapes, pooled, dout):
+    def _deltas(self, ws, readout, slopes, shapes, dout):
+        """The output gradients of the conv layers, top down: (i, delta_i (M, n P_i, h)) of sum_mu dout[m, mu]
+        f~_m(x_mu), each input gradient folded back onto the pixels (col2im)."""
         M, n, h = len(readout), dout.shape[1], self.h
-        g_readout = torch.einsum("mn,mnh->mh", dout, pooled)
         top = slopes[-1].view(M, n, -1, h)
         delta = (top * (readout[:, None, None, :] * dout[:, :, None, None] / (math.sqrt(h) * top.shape[2]))
                  ).view(M, -1, h)
-        gw, gb = [None] * self.depth, [None] * self.depth
         mats = self._matrices(ws)
         for i in range(self.depth - 1, -1, -1):
+            yield i, delta
+            if i > 0:
+                dz = self._fold(torch.bmm(delta, mats[i].transpose(1, 2)), (M, n) + shapes[i][2:], i)
+                delta = dz.reshape(M, -1, h) * slopes[i - 1]
+
+    def _backprop(self, ws, bias, readout, units, slopes, shapes, pooled, dout):
+        M, h = len(readout), self.h
+        g_readout = torch.einsum("mn,mnh->mh", dout, pooled)
+        gw, gb = [None] * self.depth, [None] * self.depth
+        for i, delta in self._deltas(ws, readout, slopes, shapes, dout):
             g = torch.matmul(units[i].transpose(1, 2), delta) * self.scales[i]      # (M, k k C, h)
             C = shapes[i][-1]
             gw[i] = g.view(M, self.k, self.k, C, h).permute(0, 4, 3, 1, 2).contiguous()
             gb[i] = delta.sum(1)
-            if i > 0:
-                dz = self._fold(torch.bmm(delta, mats[i].transpose(1, 2)), (M, n) + shapes[i][2:], i)
-                delta = dz.reshape(M, -1, h) * slopes[i - 1]
         return [g_readout] + gw + (gb if bias else [])
 
     def add_backward(self, params, ctx, g, dout, rows):
@@ -208,20 +196,23 @@ class CNNEnsemble(EnsembleNet):
         one = self._per_sample(params, x1)
         two = one if x2 is None else self._per_sample(params, x2)
         (u1, d1, p1), (u2, d2, p2) = one, two
-        theta = torch.einsum("nmh,lmh->mnl", p1, p2)
+        M, n1, n2 = len(params[0]), len(x1), len(p2[0])
+        theta = torch.einsum("mnh,mlh->mnl", p1, p2)
         for i in range(self.depth):
+            # per sample: (M, n, P_i, h) output gradients, (1 or M, n, P_i, k k C) unfolded inputs
+            da, db = d1[i].view(M, n1, -1, self.h), d2[i].view(M, n2, -1, self.h)
+            ua, ub = u1[i].view(len(u1[i]), n1, da.shape[2], -1), u2[i].view(len(u2[i]), n2, db.shape[2], -1)
             if self.bias:
-                theta += torch.einsum("nmh,lmh->mnl", d1[i].sum(-1), d2[i].sum(-1))
-            size = d1[i].shape[2] * u1[i].shape[2]
-            rows = max(1, _NTK_BLOCK // max(1, size * len(params[0])))
+                theta += torch.einsum("mnh,mlh->mnl", da.sum(2), db.sum(2))
+            rows = max(1, _NTK_BLOCK // max(1, self.h * ua.shape[-1] * M))
 
             def grads(u, d, sl):
-                return torch.einsum("nmhp,nmkp->mnhk", d[sl], u[sl].expand(-1, d.shape[1], -1, -1)).flatten(2)
+                return torch.einsum("mnph,mnpk->mnhk", d[:, sl], u[:, sl].expand(M, -1, -1, -1)).flatten(2)
 
-            for a in range(0, len(x1), rows):
-                ga = grads(u1[i], d1[i], slice(a, a + rows))
-                for b in range(0, len(d2[i]), rows):
-                    gb = ga if (x2 is None and b == a) else grads(u2[i], d2[i], slice(b, b + rows))
+            for a in range(0, n1, rows):
+                ga = grads(ua, da, slice(a, a + rows))
+                for b in range(0, n2, rows):
+                    gb = ga if (x2 is None and b == a) else grads(ub, db, slice(b, b + rows))
                     theta[:, a:a + rows, b:b + rows] += self.scales[i] ** 2 * torch.bmm(ga, gb.transpose(1, 2))
         return theta
 
