@@ -185,7 +185,8 @@ def converge(label, at, activation, rules, args, ref=None):
               + (f" ({ref / wall:.1f}x the reference's {ref:.0f} s)" if ref else "")
               + f", statuses {sorted({r.status for r in res})}, {evals:.0f} gradients per member, trial steps "
               f"{min(r.steps + r.rejected for r in res)}-{max(r.steps + r.rejected for r in res)}", flush=True)
-        ends[rule] = f_test(runs[:k], data)
+        if k:
+            ends[rule] = f_test(runs[:k], data)
     if not k:
         return
     runs, models, data = members(spec)
