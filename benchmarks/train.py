@@ -21,7 +21,7 @@ over the P images) against torch.func.vmap of F.conv2d and against its floor, th
 at the GFLOP/s torch reaches on the same products (the unfolded inputs times the weights) in the same run;
 then a default gradient_flow run at alpha_tilde = 1e3 and 1e-2 for --cnn-seconds each, with its trial steps,
 gradients per trial step, N_Delta and test error (3500 test points).
-Usage: python benchmarks/train.py [--widths 10,30,100,300] [--converge] [--exponents -8,20] [--rules robust]
+Usage: python benchmarks/train.py [--widths 10,30,100,300] [--converge] [--exponents=-8,20] [--rules robust]
                                   [--fidelity 8] [--max-steps N] [--relu] [--cnn] [--cnn-seconds 120,600]
                                   [--device cpu|cuda]
 """
@@ -100,7 +100,9 @@ def main():
     ap.add_argument("--widths", default="10,30,100,300")
     ap.add_argument("--converge", action="store_true")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--exponents", default="-8,20", help="alpha_tilde = 2^e of the --converge ensembles")
+    ap.add_argument("--exponents", default="-8,20",
+                    help="alpha_tilde = 2^e of the --converge ensembles; write --exponents=-8,20, since a value that "
+                         "starts with - needs the =")
     ap.add_argument("--rules", default="", help="rules to time besides the default (robust, chebyshev, reference)")
     ap.add_argument("--fidelity", type=int, default=8, help="seeds of the tight runs for the fidelity (0: none)")
     ap.add_argument("--max-steps", type=int, default=10 ** 7, help="trial-step budget of the --converge ensembles")
