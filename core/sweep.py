@@ -271,6 +271,7 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
     inline = isinstance(executor, InlineExecutor)
     task = (functools.partial(execute_and_save, runs_dir=runs_dir, keep=keep) if shared_fs else
             execute_group if inline else execute_and_encode)
+    broken = False
     try:
         pending: dict[cf.Future, list] = {}
         queue = list(batches)
@@ -292,6 +293,7 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
                 try:
                     records = future.result()
                 except cf.BrokenExecutor as exc:
+                    broken = True
                     raise DlphaseError(f"a worker process died ({exc}), perhaps out of memory; {saved()} runs "
                                        f"are saved in {runs_dir}; rerun to resume, with fewer --workers") from None
                 except cf.CancelledError:
@@ -325,7 +327,10 @@ def run_batches(spec: Spec, batches: list[list[Mapping[str, Any]]], runs_dir: Pa
         raise
     finally:
         if own_executor:
-            executor.shutdown(wait=False, cancel_futures=True)
+            # a broken pool's manager thread closes its wake-up pipe as it ends; joining it here keeps that close
+            # from racing the interpreter's exit handler, which writes to the same pipe (and then prints a
+            # traceback from threading._shutdown after the one-line error)
+            executor.shutdown(wait=broken, cancel_futures=True)
 
 
 def _in_flight(executor: cf.Executor, workers: int, threads: int | None) -> int:
