@@ -69,9 +69,7 @@ def test_a_sweep_on_the_gpu_matches_the_cpu(name, tmp_path):
     assert set(cpu.data_vars) == set(gpu.data_vars)
     for var in cpu.data_vars:
         a, b = cpu[var].values, gpu[var].values
-        if a.dtype.kind not in "fiu":
-            continue
-        if var in ("wall_seconds", "seconds") or "seconds" in var:
+        if a.dtype.kind not in "fiu" or "seconds" in var:   # text, and the wall times
             continue
         scale = np.nanmax(np.abs(a)) if np.isfinite(a).any() else 1.0
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-8 * max(scale, 1.0), equal_nan=True,
