@@ -27,10 +27,8 @@ FC = {"dataset": {"name": "mnist", "pca": 5, "n_test": 200, "n_kernel": 40},
 
 
 def spec_with(**sections):
-    raw = copy.deepcopy(FC)
-    for key, value in sections.items():
-        raw[key] = value
-    return raw
+    """The fc spec with whole sections replaced."""
+    return copy.deepcopy({**FC, **sections})
 
 
 CASES = {
@@ -76,8 +74,8 @@ def test_a_sweep_on_the_gpu_matches_the_cpu(name, tmp_path):
                                    err_msg=f"{name}: {var}")
 
 
-def test_every_tensor_of_a_trained_run_stays_on_the_gpu():
-    """A run's model, data and result live on the device the spec names, not on the CPU."""
+def test_a_trained_runs_parameters_and_data_stay_on_the_gpu():
+    """A trained run's parameters and training data live on the device the spec names, not on the CPU."""
     from dlphase.grid_point import Run
 
     raw = copy.deepcopy(CASES["fc-auto"])
