@@ -8,7 +8,7 @@ fc, L = 2, normalised swish, soft hinge, bundled MNIST parity 10 PCA, P = 1000, 
   - the GFLOP/s of the ensemble step (2 P (2 d h + 3 h^2 + 3 h) flops per member and trial step:
     forward, then the weight and input gradients) next to torch.bmm on (16, P, h) x (16, h, h)
     timed in the same run, and the fraction of it reached.
-With --converge it trains the 16-seed ensemble at h = 100 to convergence for alpha_tilde = 2^-8 and 2^20
+With --converge it trains the 16-seed ensemble (--seeds) at h = 100 to convergence for alpha_tilde = 2^-8 and 2^20
 (--exponents) with the default gradient_flow (and with --rules, other rules too), and prints for each the
 wall time, its ratio to the reference code's time for the same 16 runs (REFERENCE_SECONDS), the gradient
 evaluations per member and the fidelity: against runs of the first --fidelity seeds with every tolerance
@@ -22,8 +22,8 @@ at the GFLOP/s torch reaches on the same products (the unfolded inputs times the
 then a default gradient_flow run at alpha_tilde = 1e3 and 1e-2 for --cnn-seconds each, with its trial steps,
 gradients per trial step, N_Delta and test error (3500 test points).
 Usage: python benchmarks/train.py [--widths 10,30,100,300] [--converge] [--exponents=-8,20] [--rules robust]
-                                  [--fidelity 8] [--max-steps N] [--relu] [--cnn] [--cnn-seconds 120,600]
-                                  [--device cpu|cuda]
+                                  [--fidelity 8] [--seeds 16] [--max-steps N] [--relu] [--cnn]
+                                  [--cnn-seconds 120,600] [--device cpu|cuda]
 """
 
 import argparse
@@ -42,14 +42,14 @@ from dlphase.grid_point import Run
 REFERENCE_SECONDS = {-8: 16 * 112.4, 20: 429.0}
 
 
-def spec_for(h, alpha_tilde, max_steps, device="cpu", activation="swish", **dynamics_options):
+def spec_for(h, alpha_tilde, max_steps, device="cpu", activation="swish", seeds=16, **dynamics_options):
     dynamics = {"name": "gradient_flow", "loss": {"name": "soft_hinge", "beta": 20}, "max_steps": max_steps,
                 **dynamics_options}
     return dlphase.Spec.from_dict({
         "dataset": {"name": "mnist", "pca": 10, "n_test": 1000},
         "architecture": {"name": "fc", "depth": 2, "activation": activation},
         "dynamics": dynamics,
-        "grid": {"h": [h], "alpha_tilde": [alpha_tilde], "P": [1000], "seed": list(range(16))},
+        "grid": {"h": [h], "alpha_tilde": [alpha_tilde], "P": [1000], "seed": list(range(seeds))},
         "run": {"device": device}})
 
 
@@ -105,11 +105,15 @@ def main():
                          "starts with - needs the =")
     ap.add_argument("--rules", default="", help="rules to time besides the default (robust, chebyshev, reference)")
     ap.add_argument("--fidelity", type=int, default=8, help="seeds of the tight runs for the fidelity (0: none)")
+    ap.add_argument("--seeds", type=int, default=16,
+                    help="members of the --converge ensembles (seeds 0 to N-1); the reference's times are for 16")
     ap.add_argument("--max-steps", type=int, default=10 ** 7, help="trial-step budget of the --converge ensembles")
     ap.add_argument("--relu", action="store_true", help="with --converge, also relu at alpha_tilde = 1e-2")
     ap.add_argument("--cnn", action="store_true", help="measure the cnn's gradient and its runs")
     ap.add_argument("--cnn-seconds", default="120,600", help="wall budget of the cnn runs at 1e3 and 1e-2")
     args = ap.parse_args()
+    if not 0 <= args.fidelity <= args.seeds:
+        ap.error(f"--fidelity {args.fidelity} needs 0 to --seeds ({args.seeds}) seeds; lower --fidelity")
     if args.cnn:
         cnn(args)
         return
@@ -173,17 +177,18 @@ def bootstrap(values, statistic, n=2000, seed=0):
 
 
 def converge(label, at, activation, rules, args, ref=None):
-    """The 16-seed ensemble at alpha_tilde = ``at`` for each rule, then its fidelity against tight runs; ``ref``:
-    the reference code's seconds for it. The rules run first, so that their times print before the slow tight
+    """The --seeds ensemble at alpha_tilde = ``at`` for each rule, then its fidelity against tight runs; ``ref``:
+    the reference code's seconds for 16 seeds. The rules run first, so that their times print before the slow tight
     runs start."""
     e = f"{label} ({activation})"
-    spec = spec_for(100, at, args.max_steps, args.device, activation)
+    spec = spec_for(100, at, args.max_steps, args.device, activation, args.seeds)
+    ref = ref if args.seeds == 16 else None
     k = args.fidelity
     ends = {}
     for rule in rules:
         runs, models, data = members(spec)
         wall, res, evals = train_counted(attrs.evolve(spec.dynamics, rule=rule), models, data, args.device)
-        print(f"16-seed ensemble, h = 100, alpha_tilde = {e}, rule = {rule}: {wall:.1f} s"
+        print(f"{args.seeds}-seed ensemble, h = 100, alpha_tilde = {e}, rule = {rule}: {wall:.1f} s"
               + (f" ({ref / wall:.1f}x the reference's {ref:.0f} s)" if ref else "")
               + f", statuses {sorted({r.status for r in res})}, {evals:.0f} gradients per member, trial steps "
               f"{min(r.steps + r.rejected for r in res)}-{max(r.steps + r.rejected for r in res)}", flush=True)
