@@ -118,11 +118,13 @@ def main():
         cnn(args)
         return
     P, d = 1000, 10
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, float64, "
-          f"16 members, P = {P}")
-    print(f"{'h':>5} {'alone m-steps/s':>16} {'ensemble m-steps/s':>19} {'ratio':>6} "
-          f"{'ens GFLOP/s':>12} {'bmm GFLOP/s':>12} {'fraction':>8}")
-    for h in (int(w) for w in args.widths.split(",") if w):
+    widths = [int(w) for w in args.widths.split(",") if w]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, float64, P = {P}")
+    if widths:
+        print("throughput of 16 members (seeds 0-15):")
+        print(f"{'h':>5} {'alone m-steps/s':>16} {'ensemble m-steps/s':>19} {'ratio':>6} "
+              f"{'ens GFLOP/s':>12} {'bmm GFLOP/s':>12} {'fraction':>8}")
+    for h in widths:
         trials = 300 if h <= 100 else 60
         alone, together = throughput(h, trials, args.device)
         flops = 2 * P * (2 * d * h + 3 * h * h + 3 * h)
