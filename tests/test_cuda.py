@@ -54,10 +54,15 @@ CASES = {
 }
 
 
-def sweep_on(raw, device, path):
+def spec_on(raw, device):
+    """The spec of ``raw`` with run.device = ``device``."""
     raw = copy.deepcopy(raw)
     raw["run"] = {**raw.get("run", {}), "device": device}
-    return dlphase.sweep(dlphase.specs.build_spec(raw), path, progress=False)
+    return dlphase.specs.build_spec(raw)
+
+
+def sweep_on(raw, device, path):
+    return dlphase.sweep(spec_on(raw, device), path, progress=False)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -78,10 +83,7 @@ def test_a_trained_runs_parameters_and_data_stay_on_the_gpu():
     """A trained run's parameters and training data live on the device the spec names, not on the CPU."""
     from dlphase.grid_point import Run
 
-    raw = copy.deepcopy(CASES["fc-auto"])
-    raw["run"] = {"device": "cuda"}
-    spec = dlphase.specs.build_spec(raw)
-    run = Run(spec, h=16, alpha_tilde=1e-2, P=100, seed=0)
+    run = Run(spec_on(CASES["fc-auto"], "cuda"), h=16, alpha_tilde=1e-2, P=100, seed=0)
     run.train()
     assert all(p.device.type == "cuda" for p in run.model.parameters())
     assert run.tensors.x_train.device.type == "cuda"
